@@ -1,0 +1,590 @@
+//! Configuration: built-in defaults < optional TOML file (`OUTRIDER_CONFIG`) <
+//! `OUTRIDER_*` environment variables < command-line flags.
+//!
+//! Figment extracts everything into [`RawConfig`], a struct of loosely typed
+//! strings; [`Config::try_from`] then parses each field into its real type, so
+//! a `Config` that exists is a valid one ("parse, don't validate"). Every
+//! error names the environment variable a user would set to fix it, because
+//! in a container that is the knob they have.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use http::uri::{Authority, Scheme};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable outrider reads.
+pub const ENV_PREFIX: &str = "OUTRIDER_";
+
+/// A configuration error, rendered as the one line printed before exiting 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value was present but could not be parsed.
+    #[error("invalid {var}={value:?}{origin}: {reason}")]
+    Invalid {
+        var: String,
+        value: String,
+        origin: String,
+        reason: String,
+    },
+    /// The config file or the sources could not be read at all.
+    #[error("{0}")]
+    Source(String),
+}
+
+/// Values as they come from figment: strings (or what figment parsed out of
+/// them), defaults already applied. Field names are the lower-case variable
+/// names without the prefix, which is what `Env::prefixed` produces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    // A TOML file may say `via = true` or `max_header_bytes = 65536`;
+    // every field takes numbers and booleans as their string form.
+    #[serde(deserialize_with = "lossy_string")]
+    pub listen: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub upstream: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub upstream_protocol: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub admin_listen: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub log: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub log_format: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub upstream_connect_timeout: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub request_timeout: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub upstream_pool_idle_timeout: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub upstream_pool_max_idle: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub header_read_timeout: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub max_header_bytes: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub via: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub drain_delay: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub drain_timeout: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub app_stop_timeout: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            upstream: "http://127.0.0.1:8081".into(),
+            upstream_protocol: "http1".into(),
+            admin_listen: "0.0.0.0:9901".into(),
+            log: "info".into(),
+            log_format: "auto".into(),
+            upstream_connect_timeout: "1s".into(),
+            request_timeout: "60s".into(),
+            upstream_pool_idle_timeout: "30s".into(),
+            upstream_pool_max_idle: "256".into(),
+            header_read_timeout: "10s".into(),
+            max_header_bytes: "65536".into(),
+            via: "false".into(),
+            drain_delay: "5s".into(),
+            drain_timeout: "20s".into(),
+            app_stop_timeout: "10s".into(),
+        }
+    }
+}
+
+/// Every variable outrider accepts, with its default and meaning, in the
+/// order `docs/configuration.md` lists them. A test keeps the two in sync.
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("OUTRIDER_CONFIG", "Path of an optional TOML file with the same keys (lower case, no prefix)."),
+    ("OUTRIDER_LISTEN", "Public listener address, `host:port`."),
+    ("OUTRIDER_UPSTREAM", "The app: `http://host:port` or `unix:/path/to.sock`."),
+    ("OUTRIDER_UPSTREAM_PROTOCOL", "Protocol spoken to the app: `http1` or `http2` (prior knowledge)."),
+    ("OUTRIDER_ADMIN_LISTEN", "Admin listener (probes, metrics), `host:port`."),
+    ("OUTRIDER_LOG", "Log filter in `tracing` EnvFilter syntax."),
+    ("OUTRIDER_LOG_FORMAT", "`json`, `pretty`, or `auto` (pretty on a TTY, JSON otherwise)."),
+    ("OUTRIDER_UPSTREAM_CONNECT_TIMEOUT", "Timeout for opening a connection to the app."),
+    ("OUTRIDER_REQUEST_TIMEOUT", "Time the app has to send response headers; `0` disables."),
+    ("OUTRIDER_UPSTREAM_POOL_IDLE_TIMEOUT", "How long an idle pooled connection to the app is kept."),
+    ("OUTRIDER_UPSTREAM_POOL_MAX_IDLE", "Maximum idle pooled connections to the app."),
+    ("OUTRIDER_HEADER_READ_TIMEOUT", "Time a client has to send complete request headers (HTTP/1)."),
+    ("OUTRIDER_MAX_HEADER_BYTES", "Largest request head accepted; larger gets 431."),
+    ("OUTRIDER_VIA", "Add a `Via` header to requests and responses (`true`/`false`)."),
+    ("OUTRIDER_DRAIN_DELAY", "After SIGTERM, keep accepting new connections this long while endpoints update."),
+    ("OUTRIDER_DRAIN_TIMEOUT", "Longest drain, counted from SIGTERM (includes the delay); then open requests are cut."),
+    ("OUTRIDER_APP_STOP_TIMEOUT", "After the drain, time between SIGTERM and SIGKILL to the wrapped app."),
+];
+
+/// Which protocol outrider speaks to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+/// Where the app listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// A TCP address; `authority` is used to build request URIs.
+    Tcp { scheme: Scheme, authority: Authority },
+    /// A Unix domain socket.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { scheme, authority } => write!(f, "{scheme}://{authority}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+    Auto,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listener for proxied traffic.
+    pub listen: SocketAddr,
+    /// The app outrider fronts.
+    pub upstream: UpstreamAddr,
+    /// Protocol to the app; HTTP/1.1 unless the app is known to speak h2c.
+    pub upstream_protocol: UpstreamProtocol,
+    /// Admin listener: probes and metrics, never proxied traffic.
+    pub admin_listen: SocketAddr,
+    /// `tracing` EnvFilter directives.
+    pub log: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Bound on TCP/Unix connect to the app.
+    pub upstream_connect_timeout: Duration,
+    /// Bound on the time from sending the request to receiving the app's
+    /// response head. `None` waits forever. Response bodies are not bounded:
+    /// a long download is not a slow app.
+    pub request_timeout: Option<Duration>,
+    /// Idle pooled connections older than this are closed. Keep it below
+    /// the app's own keep-alive timeout to avoid reusing a closing socket.
+    pub upstream_pool_idle_timeout: Duration,
+    /// Maximum idle connections kept to the app.
+    pub upstream_pool_max_idle: usize,
+    /// Slowloris bound: a client must finish its request head in this time.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 above).
+    pub max_header_bytes: usize,
+    /// Add `Via: 1.1 outrider` to requests and responses.
+    pub via: bool,
+    /// After SIGTERM, keep accepting new connections for this long: the
+    /// endpoint removal is still propagating to every node.
+    pub drain_delay: Duration,
+    /// Longest drain, from the signal (so it includes `drain_delay`).
+    /// 20s drain + 10s app stop = Kubernetes' default 30s grace period.
+    pub drain_timeout: Duration,
+    /// Time the wrapped app gets between SIGTERM and SIGKILL.
+    pub app_stop_timeout: Duration,
+}
+
+/// Command-line flags that override the environment. Each is `None` unless
+/// given, so it only overrides what the user actually typed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+}
+
+impl Overrides {
+    fn has(&self, key: &str) -> bool {
+        match key {
+            "listen" => self.listen.is_some(),
+            "upstream" => self.upstream.is_some(),
+            "admin_listen" => self.admin_listen.is_some(),
+            "log" => self.log.is_some(),
+            "log_format" => self.log_format.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the process environment, the optional
+    /// file it names, and `overrides` (command-line flags).
+    ///
+    /// # Errors
+    /// Returns a [`ConfigError`] naming the offending variable.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        let mut file = None;
+        if let Some(path) = std::env::var_os("OUTRIDER_CONFIG") {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(invalid("OUTRIDER_CONFIG", &path.display().to_string(), "no such file"));
+            }
+            figment = figment.merge(Toml::file_exact(&path));
+            file = Some(path);
+        }
+        // Environment values are taken verbatim, as strings: figment's own
+        // Env provider would parse `{a,b}` or `[x]` as structures, and
+        // `Config::try_from` owns all parsing so that a bad value gets the
+        // same error whatever its source.
+        let env: BTreeMap<String, String> = Env::prefixed(ENV_PREFIX)
+            .only(KNOWN_KEYS)
+            .iter()
+            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v))
+            .collect();
+        let figment = figment.merge(Serialized::globals(&env)).merge(Serialized::globals(overrides));
+        let origin = |key: &str| {
+            if overrides.has(key) {
+                " (from command line)".to_string()
+            } else if env.contains_key(key) {
+                String::new()
+            } else if let Some(file) = &file {
+                format!(" (from {})", file.display())
+            } else {
+                String::new()
+            }
+        };
+        Self::from_figment(&figment, origin)
+    }
+
+    fn from_figment(figment: &Figment, origin: impl Fn(&str) -> String) -> Result<Self, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                return ConfigError::Source(e.to_string());
+            }
+            ConfigError::Invalid {
+                var: format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()),
+                value: figment.find_value(&key).map(|v| format!("{v:?}")).unwrap_or_default(),
+                origin: origin(&key),
+                reason: e.kind.to_string(),
+            }
+        })?;
+        Self::try_from(raw).map_err(|mut e| {
+            if let ConfigError::Invalid { var, origin: o, .. } = &mut e {
+                *o = origin(&var.trim_start_matches(ENV_PREFIX).to_ascii_lowercase());
+            }
+            e
+        })
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| {
+            out.push_str(k);
+            out.push_str(" = ");
+            out.push_str(&toml_quote(&v));
+            out.push('\n');
+        };
+        line("listen", self.listen.to_string());
+        line("upstream", self.upstream.to_string());
+        line(
+            "upstream_protocol",
+            match self.upstream_protocol {
+                UpstreamProtocol::Http1 => "http1",
+                UpstreamProtocol::Http2 => "http2",
+            }
+            .into(),
+        );
+        line("admin_listen", self.admin_listen.to_string());
+        line("log", self.log.clone());
+        line(
+            "log_format",
+            match self.log_format {
+                LogFormat::Json => "json",
+                LogFormat::Pretty => "pretty",
+                LogFormat::Auto => "auto",
+            }
+            .into(),
+        );
+        line("upstream_connect_timeout", dur(self.upstream_connect_timeout));
+        line("request_timeout", self.request_timeout.map_or_else(|| "0".into(), dur));
+        line("upstream_pool_idle_timeout", dur(self.upstream_pool_idle_timeout));
+        line("upstream_pool_max_idle", self.upstream_pool_max_idle.to_string());
+        line("header_read_timeout", dur(self.header_read_timeout));
+        line("max_header_bytes", self.max_header_bytes.to_string());
+        line("via", self.via.to_string());
+        line("drain_delay", dur(self.drain_delay));
+        line("drain_timeout", dur(self.drain_timeout));
+        line("app_stop_timeout", dur(self.app_stop_timeout));
+        out
+    }
+}
+
+/// Keys accepted from the environment. Anything else with the prefix is
+/// ignored: Kubernetes injects `<SERVICE>_PORT` style variables for every
+/// Service, so a Service named `outrider` must not break start-up.
+const KNOWN_KEYS: &[&str] = &[
+    "listen",
+    "upstream",
+    "upstream_protocol",
+    "admin_listen",
+    "log",
+    "log_format",
+    "upstream_connect_timeout",
+    "request_timeout",
+    "upstream_pool_idle_timeout",
+    "upstream_pool_max_idle",
+    "header_read_timeout",
+    "max_header_bytes",
+    "via",
+    "drain_delay",
+    "drain_timeout",
+    "app_stop_timeout",
+];
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: parse_socket_addr("OUTRIDER_LISTEN", &raw.listen)?,
+            upstream: parse_upstream(&raw.upstream)?,
+            upstream_protocol: match raw.upstream_protocol.trim().to_ascii_lowercase().as_str() {
+                "http1" | "http/1.1" => UpstreamProtocol::Http1,
+                "http2" | "h2c" | "h2" => UpstreamProtocol::Http2,
+                _ => return Err(invalid("OUTRIDER_UPSTREAM_PROTOCOL", &raw.upstream_protocol, "expected http1 or http2")),
+            },
+            admin_listen: parse_socket_addr("OUTRIDER_ADMIN_LISTEN", &raw.admin_listen)?,
+            log: {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(&raw.log)
+                    .map_err(|e| invalid("OUTRIDER_LOG", &raw.log, &e.to_string()))?;
+                raw.log
+            },
+            log_format: match raw.log_format.trim().to_ascii_lowercase().as_str() {
+                "json" => LogFormat::Json,
+                "pretty" | "text" => LogFormat::Pretty,
+                "auto" | "" => LogFormat::Auto,
+                _ => return Err(invalid("OUTRIDER_LOG_FORMAT", &raw.log_format, "expected json, pretty or auto")),
+            },
+            upstream_connect_timeout: parse_nonzero_duration("OUTRIDER_UPSTREAM_CONNECT_TIMEOUT", &raw.upstream_connect_timeout)?,
+            request_timeout: parse_optional_duration("OUTRIDER_REQUEST_TIMEOUT", &raw.request_timeout)?,
+            upstream_pool_idle_timeout: parse_nonzero_duration("OUTRIDER_UPSTREAM_POOL_IDLE_TIMEOUT", &raw.upstream_pool_idle_timeout)?,
+            upstream_pool_max_idle: parse_number("OUTRIDER_UPSTREAM_POOL_MAX_IDLE", &raw.upstream_pool_max_idle, 0, 1 << 20)?,
+            header_read_timeout: parse_nonzero_duration("OUTRIDER_HEADER_READ_TIMEOUT", &raw.header_read_timeout)?,
+            // hyper needs room for at least a minimal request line.
+            max_header_bytes: parse_number("OUTRIDER_MAX_HEADER_BYTES", &raw.max_header_bytes, 8192, 16 << 20)?,
+            via: parse_bool("OUTRIDER_VIA", &raw.via)?,
+            drain_delay: {
+                let delay = parse_duration("OUTRIDER_DRAIN_DELAY", &raw.drain_delay)?;
+                let timeout = parse_duration("OUTRIDER_DRAIN_TIMEOUT", &raw.drain_timeout)?;
+                if delay > timeout {
+                    return Err(invalid(
+                        "OUTRIDER_DRAIN_DELAY",
+                        &raw.drain_delay,
+                        &format!("must not exceed OUTRIDER_DRAIN_TIMEOUT ({})", raw.drain_timeout),
+                    ));
+                }
+                delay
+            },
+            drain_timeout: parse_duration("OUTRIDER_DRAIN_TIMEOUT", &raw.drain_timeout)?,
+            app_stop_timeout: parse_duration("OUTRIDER_APP_STOP_TIMEOUT", &raw.app_stop_timeout)?,
+        })
+    }
+}
+
+fn invalid(var: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid { var: var.into(), value: value.into(), origin: String::new(), reason: reason.into() }
+}
+
+fn parse_socket_addr(var: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(var, value, "expected an IP socket address such as 0.0.0.0:8080 or [::]:8080"))
+}
+
+/// Parses `250ms`, `5s`, `1m30s`. A bare number is rejected: `30` could mean
+/// seconds or milliseconds, and guessing wrong is worse than asking.
+pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    if v == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(v).map_err(|e| invalid(var, value, &format!("{e}; expected a duration such as 250ms, 5s or 1m")))
+}
+
+fn parse_nonzero_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(var, value)?;
+    if d.is_zero() {
+        return Err(invalid(var, value, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// `0` means "no limit".
+fn parse_optional_duration(var: &str, value: &str) -> Result<Option<Duration>, ConfigError> {
+    let d = parse_duration(var, value)?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+fn parse_number(var: &str, value: &str, min: usize, max: usize) -> Result<usize, ConfigError> {
+    let n: usize = value.trim().parse().map_err(|_| invalid(var, value, "expected a whole number"))?;
+    if !(min..=max).contains(&n) {
+        return Err(invalid(var, value, &format!("must be between {min} and {max}")));
+    }
+    Ok(n)
+}
+
+fn parse_bool(var: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(invalid(var, value, "expected true or false")),
+    }
+}
+
+fn parse_upstream(value: &str) -> Result<UpstreamAddr, ConfigError> {
+    const VAR: &str = "OUTRIDER_UPSTREAM";
+    let v = value.trim();
+    if let Some(path) = v.strip_prefix("unix:") {
+        // Accept both `unix:/path` and `unix:///path`.
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if !path.starts_with('/') {
+            return Err(invalid(VAR, value, "a unix socket path must be absolute, e.g. unix:/run/app.sock"));
+        }
+        return Ok(UpstreamAddr::Unix(PathBuf::from(path)));
+    }
+    let uri: http::Uri = v.parse().map_err(|_| invalid(VAR, value, "expected http://host:port or unix:/path"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid(VAR, value, "https upstreams are not supported yet; use http://")),
+        _ => return Err(invalid(VAR, value, "expected http://host:port or unix:/path")),
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(invalid(VAR, value, "must not contain a path; outrider forwards the request's own path"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| invalid(VAR, value, "missing host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(VAR, value, "must not contain credentials"));
+    }
+    Ok(UpstreamAddr::Tcp { scheme: Scheme::HTTP, authority })
+}
+
+fn lossy_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Lossy;
+    impl serde::de::Visitor<'_> for Lossy {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string, number or boolean")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(Lossy)
+}
+
+fn toml_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        for (k, v) in vars {
+            figment = figment.merge((k.trim_start_matches(ENV_PREFIX).to_ascii_lowercase(), *v));
+        }
+        Config::from_figment(&figment, |_| String::new())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::try_from(RawConfig::default()).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.request_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(c.upstream.to_string(), "http://127.0.0.1:8081");
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let c = load_with(&[("OUTRIDER_REQUEST_TIMEOUT", "250ms"), ("OUTRIDER_UPSTREAM_CONNECT_TIMEOUT", "1m30s")]).unwrap();
+        assert_eq!(c.request_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(c.upstream_connect_timeout, Duration::from_secs(90));
+        assert_eq!(load_with(&[("OUTRIDER_REQUEST_TIMEOUT", "0")]).unwrap().request_timeout, None);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = load_with(&[("OUTRIDER_LISTEN", "nope")]).unwrap_err().to_string();
+        assert!(e.starts_with("invalid OUTRIDER_LISTEN=\"nope\""), "{e}");
+        let e = load_with(&[("OUTRIDER_REQUEST_TIMEOUT", "30")]).unwrap_err().to_string();
+        assert!(e.contains("OUTRIDER_REQUEST_TIMEOUT"), "{e}");
+        let e = load_with(&[("OUTRIDER_UPSTREAM", "ftp://x")]).unwrap_err().to_string();
+        assert!(e.contains("OUTRIDER_UPSTREAM="), "{e}");
+        let e = load_with(&[("OUTRIDER_LOG", "foo=bogus")]).unwrap_err().to_string();
+        assert!(e.contains("OUTRIDER_LOG="), "{e}");
+    }
+
+    #[test]
+    fn upstream_forms() {
+        assert_eq!(parse_upstream("unix:/run/a.sock").unwrap(), UpstreamAddr::Unix("/run/a.sock".into()));
+        assert_eq!(parse_upstream("unix:///run/a.sock").unwrap(), UpstreamAddr::Unix("/run/a.sock".into()));
+        assert!(parse_upstream("unix:relative.sock").is_err());
+        assert!(parse_upstream("http://a:1/path").is_err());
+        assert!(parse_upstream("http://u:p@a:1").is_err());
+        assert_eq!(parse_upstream("http://app:8081/").unwrap().to_string(), "http://app:8081");
+    }
+
+    #[test]
+    fn variables_table_covers_every_key() {
+        for key in KNOWN_KEYS {
+            let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+            assert!(VARIABLES.iter().any(|(v, _)| *v == var), "{var} missing from VARIABLES");
+        }
+        assert_eq!(VARIABLES.len(), KNOWN_KEYS.len() + 1, "VARIABLES lists a key the loader does not read");
+    }
+}

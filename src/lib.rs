@@ -1,0 +1,28 @@
+//! outrider: a sidecar reverse proxy that gives a legacy HTTP app tracing,
+//! metrics, probes and a lossless shutdown without changing the app.
+//!
+//! # Layout
+//!
+//! * `config`: defaults < TOML file < `OUTRIDER_*` env < flags, parsed into a
+//!   validated [`config::Config`].
+//! * `server`: accepts connections and serves them with hyper, draining them
+//!   when told to. Used by both listeners.
+//! * `proxy`: the request path: header rewriting, the pooled client to the
+//!   app, upgrades, and the mapping of failures to 502/504.
+//! * `admin`: the admin listener (probes; metrics come later).
+//! * `lifecycle`: signals and the shutdown sequence.
+//! * `supervisor`: the wrapped child process: spawn, signal, reap, exit code.
+//! * `telemetry`: logging set-up.
+//!
+//! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
+//! parameters and know nothing of `config` or `lifecycle`; `main.rs` wires.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod lifecycle;
+pub mod proxy;
+pub mod server;
+pub mod supervisor;
+pub mod telemetry;

@@ -1,0 +1,179 @@
+//! Signals and the shutdown sequence.
+//!
+//! * SIGTERM (Kubernetes' way to start a graceful shutdown) and SIGINT
+//!   start the drain: readiness fails at once; for `drain_delay` new
+//!   connections are still accepted (endpoint removal is still propagating)
+//!   but served without keep-alive; then the listener closes and in-flight
+//!   requests may finish until `drain_timeout` after the signal. Only then does the app
+//!   get SIGTERM, and SIGKILL after `app_stop_timeout`.
+//! * A second SIGTERM/SIGINT skips whatever wait is running and stops now.
+//! * SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH go to the app as they are.
+//! * The app exiting on its own ends outrider with the app's exit code.
+
+use std::{future::Future, io, time::Duration};
+
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
+use signal_hook_tokio::Signals;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::{server::Phase, supervisor::Supervisor};
+
+/// Timings of the drain.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainPlan {
+    /// Keep accepting for this long after the signal.
+    pub delay: Duration,
+    /// The whole drain, delay included, takes at most this long.
+    pub timeout: Duration,
+    /// Then give the app this long between SIGTERM and SIGKILL.
+    pub app_stop_timeout: Duration,
+}
+
+/// Everything the shutdown sequence drives.
+pub struct Lifecycle {
+    signals: Signals,
+    phase: watch::Sender<Phase>,
+    connections: TaskTracker,
+    plan: DrainPlan,
+}
+
+/// How a wait ended.
+enum Waited<T> {
+    Done(T),
+    /// A second SIGTERM/SIGINT: stop now.
+    Interrupted,
+}
+
+impl Lifecycle {
+    /// Registers the signal handlers. Call before spawning the app, so a
+    /// signal that arrives during start-up is handled, not fatal.
+    ///
+    /// # Errors
+    /// The handlers cannot be installed.
+    pub fn new(phase: watch::Sender<Phase>, connections: TaskTracker, plan: DrainPlan) -> io::Result<Self> {
+        let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?;
+        Ok(Self { signals, phase, connections, plan })
+    }
+
+    /// Runs until outrider should exit, and returns the exit code: the
+    /// app's own in wrap mode, 0 in pod mode after a drain.
+    pub async fn run(mut self, app: Option<Supervisor>) -> i32 {
+        let app = app.as_ref();
+        // Normal operation: wait for a reason to stop.
+        if let Waited::Done(code) = self.wait(app, app_exit(app)).await {
+            // The app is gone, so nothing more can be served.
+            info!(exit_code = code, "app exited on its own; stopping");
+            self.close_now();
+            return code;
+        }
+        let plan = self.plan;
+        info!(
+            drain_delay = ?plan.delay,
+            drain_timeout = ?plan.timeout,
+            app_stop_timeout = ?plan.app_stop_timeout,
+            "shutdown requested: readiness now fails; accepting new connections for drain_delay, \
+             then waiting for in-flight requests, then stopping the app"
+        );
+        self.phase.send_replace(Phase::Drain);
+        let deadline = tokio::time::Instant::now() + plan.timeout;
+
+        // 1. Endpoint removal is propagating: keep serving.
+        let delay = tokio::time::sleep(plan.delay);
+        if let Waited::Interrupted = self.wait(app, race_app(delay, app)).await {
+            return self.fast_stop(app).await;
+        }
+
+        // 2. Stop accepting; let in-flight requests finish.
+        self.phase.send_replace(Phase::Close);
+        self.connections.close();
+        let connections = self.connections.clone();
+        let drained = tokio::time::timeout_at(deadline, connections.wait());
+        match self.wait(app, drained).await {
+            Waited::Done(Ok(())) => info!("all connections drained"),
+            Waited::Done(Err(_)) => warn!(
+                remaining = self.connections.len(),
+                "drain timeout reached with requests still in flight; closing them"
+            ),
+            Waited::Interrupted => return self.fast_stop(app).await,
+        }
+
+        // 3. Only now does the app hear about it.
+        match app {
+            Some(app) => self.stop_app(app).await,
+            None => 0,
+        }
+    }
+
+    /// Waits for `fut`, forwarding pass-through signals to the app meanwhile.
+    async fn wait<F: Future>(&mut self, app: Option<&Supervisor>, fut: F) -> Waited<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return Waited::Done(out),
+                signal = self.signals.next() => match signal {
+                    Some(SIGTERM | SIGINT) => return Waited::Interrupted,
+                    Some(raw) => match (app, Signal::try_from(raw)) {
+                        (Some(app), Ok(signal)) => app.signal(signal),
+                        (None, Ok(signal)) => info!(%signal, "ignoring signal: no app to forward it to"),
+                        (_, Err(_)) => {}
+                    },
+                    // The signal stream never ends while we hold it.
+                    None => return Waited::Interrupted,
+                },
+            }
+        }
+    }
+
+    /// A second signal during the drain: close everything and stop the app.
+    async fn fast_stop(&mut self, app: Option<&Supervisor>) -> i32 {
+        warn!("second shutdown signal: skipping the rest of the drain");
+        self.close_now();
+        match app {
+            Some(app) => self.stop_app(app).await,
+            None => 0,
+        }
+    }
+
+    fn close_now(&self) {
+        self.phase.send_replace(Phase::Close);
+        self.connections.close();
+    }
+
+    /// SIGTERM, then SIGKILL after the stop timeout (or a further signal).
+    async fn stop_app(&mut self, app: &Supervisor) -> i32 {
+        if let Some(code) = app.exit_code() {
+            return code;
+        }
+        info!(pid = app.pid(), timeout = ?self.plan.app_stop_timeout, "sending SIGTERM to app");
+        app.signal(Signal::SIGTERM);
+        let stopped = tokio::time::timeout(self.plan.app_stop_timeout, app.exited());
+        match self.wait(Some(app), stopped).await {
+            Waited::Done(Ok(code)) => return code,
+            Waited::Done(Err(_)) => warn!(pid = app.pid(), "app did not stop in time; sending SIGKILL"),
+            Waited::Interrupted => warn!(pid = app.pid(), "another shutdown signal; sending SIGKILL to app"),
+        }
+        app.signal(Signal::SIGKILL);
+        app.exited().await
+    }
+}
+
+/// Resolves with the app's exit code, or never in pod mode.
+async fn app_exit(app: Option<&Supervisor>) -> i32 {
+    match app {
+        Some(app) => app.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for `fut`, but stops early if the app exits: there is nothing
+/// left to keep serving for.
+async fn race_app<F: Future<Output = ()>>(fut: F, app: Option<&Supervisor>) {
+    tokio::select! {
+        () = fut => {}
+        _ = app_exit(app) => {}
+    }
+}

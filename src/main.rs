@@ -1,0 +1,173 @@
+//! `outrider [flags] [-- COMMAND ARGS...]`: wires the modules together.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use outrider::{
+    admin,
+    config::{Config, LogFormat, Overrides, UpstreamAddr, UpstreamProtocol},
+    lifecycle::{DrainPlan, Lifecycle},
+    proxy::{self, Proxy, upstream},
+    server::{self, Phase, ServerOptions},
+    supervisor::{self, Supervisor},
+    telemetry,
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+/// Exit code for a configuration or usage error.
+const EX_CONFIG: u8 = 2;
+
+/// A sidecar reverse proxy that gives a legacy HTTP app tracing, metrics,
+/// probes and a lossless shutdown. Every flag has an OUTRIDER_* variable;
+/// see docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(name = "outrider", version, about, long_about = None)]
+struct Cli {
+    /// Public listener address (OUTRIDER_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// The app: http://host:port or unix:/path (OUTRIDER_UPSTREAM).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Admin listener address (OUTRIDER_ADMIN_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Log filter, EnvFilter syntax (OUTRIDER_LOG).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+    /// json, pretty or auto (OUTRIDER_LOG_FORMAT).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// The app to start and supervise; omit to front an app started elsewhere.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let overrides = Overrides {
+        listen: cli.listen,
+        upstream: cli.upstream,
+        admin_listen: cli.admin_listen,
+        log: cli.log,
+        log_format: cli.log_format,
+    };
+    let config = match Config::load(&overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("outrider: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let format = match config.log_format {
+        LogFormat::Json => telemetry::Format::Json,
+        LogFormat::Pretty => telemetry::Format::Pretty,
+        LogFormat::Auto => telemetry::Format::Auto,
+    };
+    if let Err(e) = telemetry::init_logging(&config.log, format) {
+        eprintln!("outrider: cannot set up logging: {e}");
+        return ExitCode::from(EX_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        match run(config, cli.command).await {
+            Ok(code) => code,
+            Err(e) => {
+                error!("{e:#}");
+                e.downcast_ref::<supervisor::SpawnError>().map_or(1, |e| i32::from(e.exit_code()))
+            }
+        }
+    });
+    // Connection tasks may still hold sockets; do not wait for them.
+    runtime.shutdown_background();
+    ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}
+
+async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
+    // Bind before starting the app: a port clash must not leave it orphaned.
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {} (OUTRIDER_LISTEN)", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (OUTRIDER_ADMIN_LISTEN)", config.admin_listen))?;
+
+    let (phase_tx, phase) = watch::channel(Phase::Serve);
+    let connections = TaskTracker::new();
+    let plan = DrainPlan { delay: config.drain_delay, timeout: config.drain_timeout, app_stop_timeout: config.app_stop_timeout };
+    let lifecycle = Lifecycle::new(phase_tx, connections.clone(), plan).context("cannot install signal handlers")?;
+
+    let app = if command.is_empty() {
+        None
+    } else {
+        supervisor::become_subreaper();
+        Some(Supervisor::spawn(&command)?)
+    };
+
+    let proxy = Proxy::new(
+        &proxy::ProxyOptions {
+            client: upstream::ClientOptions {
+                target: match &config.upstream {
+                    UpstreamAddr::Tcp { authority, .. } => upstream::Target::Tcp(authority.as_str().into()),
+                    UpstreamAddr::Unix(path) => upstream::Target::Unix(path.clone()),
+                },
+                http2: config.upstream_protocol == UpstreamProtocol::Http2,
+                connect_timeout: config.upstream_connect_timeout,
+                pool_idle_timeout: config.upstream_pool_idle_timeout,
+                pool_max_idle: config.upstream_pool_max_idle,
+            },
+            request_timeout: config.request_timeout,
+            via: config.via,
+            scheme: "http",
+        },
+        connections.clone(),
+    );
+    let options = ServerOptions { header_read_timeout: config.header_read_timeout, max_header_bytes: config.max_header_bytes };
+    tokio::spawn(server::serve("proxy", listener, options.clone(), phase.clone(), connections.clone(), move |conn| {
+        proxy.service(conn)
+    }));
+
+    // The admin listener outlives the drain: probes must keep answering
+    // (with 503) until the process exits. Its phase never leaves `Serve`.
+    let (_admin_phase_tx, admin_phase) = watch::channel(Phase::Serve);
+    let admin_state = admin::AdminState { phase };
+    tokio::spawn(server::serve("admin", admin_listener, options, admin_phase, TaskTracker::new(), move |_| {
+        admin::service(admin_state.clone())
+    }));
+
+    info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        upstream = %config.upstream,
+        mode = if app.is_some() { "wrap" } else { "sidecar" },
+        version = env!("CARGO_PKG_VERSION"),
+        "outrider started"
+    );
+    let code = lifecycle.run(app).await;
+    drop(_admin_phase_tx);
+    info!(exit_code = code, "outrider stopped");
+    Ok(code)
+}

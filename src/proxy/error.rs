@@ -1,0 +1,116 @@
+//! Failures on the request path, classified by who failed, and the short
+//! plain-text answers the client gets for them.
+
+use std::{error::Error as StdError, io};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use super::upstream::ConnectError;
+
+/// Why a request could not be proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// The app refused the connection or could not be reached.
+    ConnectRefused,
+    /// Connecting to the app took longer than the connect timeout.
+    ConnectTimeout,
+    /// The app took longer than the request timeout to answer.
+    Timeout,
+    /// The app closed or reset the connection before a full response head.
+    Reset,
+    /// The app sent something that is not valid HTTP.
+    Protocol,
+    /// The client went away or broke its request body mid-stream.
+    ClientAborted,
+    /// The request cannot be proxied (e.g. `CONNECT`).
+    MethodNotAllowed,
+}
+
+impl ProxyError {
+    /// Classifies an error from the upstream client by walking its source
+    /// chain; never by matching strings.
+    pub fn classify(err: &hyper_util::client::legacy::Error) -> Self {
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(e) = source {
+            if let Some(c) = e.downcast_ref::<ConnectError>() {
+                return match c {
+                    ConnectError::Timeout { .. } => Self::ConnectTimeout,
+                    ConnectError::Io { .. } => Self::ConnectRefused,
+                };
+            }
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_user() || h.is_body_write_aborted() {
+                    // The request body we were streaming failed: that is the
+                    // client's side, not the app's.
+                    return Self::ClientAborted;
+                }
+                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                    return Self::Protocol;
+                }
+                if h.is_timeout() {
+                    return Self::Timeout;
+                }
+                if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                    return Self::Reset;
+                }
+            }
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                return match io.kind() {
+                    io::ErrorKind::TimedOut => Self::Timeout,
+                    _ => Self::Reset,
+                };
+            }
+            source = e.source();
+        }
+        if err.is_connect() { Self::ConnectRefused } else { Self::Protocol }
+    }
+
+    /// The status the client receives.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::ConnectRefused | Self::Reset | Self::Protocol => StatusCode::BAD_GATEWAY,
+            Self::ConnectTimeout | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClientAborted => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// A stable, low-cardinality name for logs and metrics labels.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect",
+            Self::ConnectTimeout | Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Protocol => "protocol",
+            Self::ClientAborted => "client_aborted",
+            Self::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "502 Bad Gateway: the app refused the connection or is unreachable\n",
+            Self::ConnectTimeout => "504 Gateway Timeout: connecting to the app timed out\n",
+            Self::Timeout => "504 Gateway Timeout: the app did not answer in time\n",
+            Self::Reset => "502 Bad Gateway: the app closed the connection without a complete response\n",
+            Self::Protocol => "502 Bad Gateway: the app sent an invalid HTTP response\n",
+            Self::ClientAborted => "400 Bad Request: the request body ended abnormally\n",
+            Self::MethodNotAllowed => "405 Method Not Allowed: CONNECT is not supported by this reverse proxy\n",
+        }
+    }
+
+    /// The response sent to the client. Allocation-free: static body.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from_static(self.body().as_bytes())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self == Self::MethodNotAllowed {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"));
+        }
+        response
+    }
+}

@@ -1,0 +1,210 @@
+//! The request path: one proxied exchange from the client to the app.
+//!
+//! 1. Refuse what a reverse proxy cannot forward (`CONNECT` → 405).
+//! 2. Rewrite the head: strip hop-by-hop headers, keep `Host`, append
+//!    `X-Forwarded-*` (and `Via` when enabled), point the URI at the app.
+//! 3. Send it on the pooled client, bounded by the request timeout; the
+//!    request body streams through as the app reads it.
+//! 4. Strip the response's hop-by-hop headers and stream its body back.
+//!    A `101 Switching Protocols` splices the two connections together.
+//!
+//! Failures never escape as errors: each becomes a short plain-text
+//! response (502/504/...) and one log line.
+
+pub mod error;
+pub mod headers;
+pub mod upstream;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{EXPECT, HOST},
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, warn};
+
+pub use self::error::ProxyError;
+use self::upstream::UpstreamClient;
+use crate::server::ConnInfo;
+
+/// Body of every response the proxy produces: the app's streamed body, or
+/// a small one outrider wrote itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Settings for the request path.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub client: upstream::ClientOptions,
+    /// Time the app has to send its response head.
+    pub request_timeout: Option<Duration>,
+    /// Append `Via` on requests and responses.
+    pub via: bool,
+    /// `X-Forwarded-Proto` value for this listener.
+    pub scheme: &'static str,
+}
+
+/// The proxy, shared by every connection of the public listener.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: UpstreamClient,
+    /// URI parts of the app, pre-parsed once: cloning them is a refcount.
+    upstream_scheme: Scheme,
+    upstream_authority: Authority,
+    upstream_version: Version,
+    request_timeout: Option<Duration>,
+    via: bool,
+    scheme: &'static str,
+    /// Upgraded (spliced) connections, so a drain can wait for them.
+    tasks: TaskTracker,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Builds the proxy. `tasks` tracks upgraded connections.
+    pub fn new(options: &ProxyOptions, tasks: TaskTracker) -> Self {
+        let upstream_authority = match &options.client.target {
+            upstream::Target::Tcp(addr) => addr.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
+            // The connector ignores the URI for Unix sockets; the authority
+            // only has to be a valid, constant pool key.
+            upstream::Target::Unix(_) => Authority::from_static("localhost"),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                client: upstream::client(&options.client),
+                upstream_scheme: Scheme::HTTP,
+                upstream_authority,
+                upstream_version: if options.client.http2 { Version::HTTP_2 } else { Version::HTTP_11 },
+                request_timeout: options.request_timeout,
+                via: options.via,
+                scheme: options.scheme,
+                tasks,
+            }),
+        }
+    }
+
+    /// The service for one accepted connection.
+    pub fn service(
+        &self,
+        conn: ConnInfo,
+    ) -> impl tower::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + use<>
+    {
+        let inner = self.inner.clone();
+        tower::service_fn(move |req| forward(inner.clone(), conn, req))
+    }
+}
+
+async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    if req.method() == Method::CONNECT {
+        debug!("refusing CONNECT");
+        return Ok(ProxyError::MethodNotAllowed.into_response().map(Either::Right));
+    }
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    // Taken before the request is consumed; resolves once hyper hands over
+    // the client's connection after our 101 response.
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    // An absolute-form target (and every HTTP/2 request) carries the
+    // authority in the URI; it then wins over any Host header (RFC 9112 §3.2.2).
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(HOST, host);
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // hyper already answers `100 Continue` when we first read the body, i.e.
+    // once the app connection is up; the app must not answer it again.
+    parts.headers.remove(EXPECT);
+    let host = parts.headers.get(HOST).cloned();
+    headers::add_forwarded(&mut parts.headers, conn.remote.ip(), inner.scheme, host);
+    if inner.via {
+        headers::add_via(&mut parts.headers, client_version);
+    }
+    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(inner.upstream_scheme.clone());
+    uri.authority = Some(inner.upstream_authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = match Uri::from_parts(uri) {
+        Ok(uri) => uri,
+        // Unreachable with parts taken from valid URIs; answer rather than panic.
+        Err(_) => return Ok(ProxyError::Protocol.into_response().map(Either::Right)),
+    };
+    parts.version = inner.upstream_version;
+    let method = parts.method.clone();
+    let request = Request::from_parts(parts, body);
+
+    let sent = inner.client.request(request);
+    let result: Result<_, UpstreamFailure> = match inner.request_timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(UpstreamFailure(ProxyError::Timeout, format!("no response head within {limit:?}"))),
+        },
+        None => sent.await.map_err(Into::into),
+    };
+
+    let mut response = match result {
+        Ok(response) => response,
+        Err(UpstreamFailure(error, detail)) => {
+            warn!(%method, error.kind = error.kind(), error.detail = %detail, status = error.status().as_u16(), "upstream request failed");
+            return Ok(error.into_response().map(Either::Right));
+        }
+    };
+
+    // The client gets the version it spoke, whatever the app answered with
+    // (an HTTP/1.0 app must not downgrade a keep-alive client).
+    *response.version_mut() = client_version;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(response.headers_mut(), switching && upgrade);
+    if inner.via {
+        headers::add_via(response.headers_mut(), client_version);
+    }
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        inner.tasks.spawn(
+            async move {
+                let (client, app) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(pair) => pair,
+                    Err(e) => return debug!(error = %e, "upgrade did not complete"),
+                };
+                let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+                match tokio::io::copy_bidirectional(&mut client, &mut app).await {
+                    Ok((up, down)) => debug!(bytes_to_app = up, bytes_to_client = down, "upgraded connection closed"),
+                    Err(e) => debug!(error = %e, "upgraded connection ended with error"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    Ok(response.map(Either::Left))
+}
+
+/// An upstream failure with its classification and the underlying cause.
+struct UpstreamFailure(ProxyError, String);
+
+impl From<hyper_util::client::legacy::Error> for UpstreamFailure {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        let kind = ProxyError::classify(&e);
+        // The full chain, for the log line only.
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self(kind, detail)
+    }
+}
