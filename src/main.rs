@@ -115,6 +115,10 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {} (OUTRIDER_ADMIN_LISTEN)", config.admin_listen))?;
 
+    // The bound addresses, not the configured ones: port 0 picks a free port.
+    let listen_addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
     let (phase_tx, phase) = watch::channel(Phase::Serve);
     let connections = TaskTracker::new();
     let plan = DrainPlan { delay: config.drain_delay, timeout: config.drain_timeout, app_stop_timeout: config.app_stop_timeout };
@@ -159,8 +163,8 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     }));
 
     info!(
-        listen = %config.listen,
-        admin = %config.admin_listen,
+        listen = %listen_addr,
+        admin = %admin_addr,
         upstream = %config.upstream,
         mode = if app.is_some() { "wrap" } else { "sidecar" },
         version = env!("CARGO_PKG_VERSION"),

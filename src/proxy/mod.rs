@@ -163,13 +163,14 @@ async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<Incoming>) 
         }
     };
 
+    let app_version = response.version();
     // The client gets the version it spoke, whatever the app answered with
     // (an HTTP/1.0 app must not downgrade a keep-alive client).
     *response.version_mut() = client_version;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(response.headers_mut(), switching && upgrade);
     if inner.via {
-        headers::add_via(response.headers_mut(), client_version);
+        headers::add_via(response.headers_mut(), app_version);
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);

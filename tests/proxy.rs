@@ -1,0 +1,250 @@
+//! The request path, end to end: real outrider binary, real app on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Version};
+use http_body_util::BodyExt;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_and_post_round_trip_with_headers_and_body_intact() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+
+    let (status, headers, body) = send(
+        &client(),
+        Request::get(proxy.url("/some/path?q=1&r=%20x")).header("x-custom", "value-1").header("user-agent", "itest").body(full("")).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "hello from app");
+    assert_eq!(headers["x-app"], "yes", "response headers from the app pass through");
+    let seen = app.last();
+    assert_eq!(seen.uri, "/some/path?q=1&r=%20x", "path and query are forwarded verbatim");
+    assert_eq!(seen.headers["x-custom"], "value-1");
+    assert_eq!(seen.headers["user-agent"], "itest");
+    assert_eq!(seen.headers["host"], proxy.listen.to_string(), "Host is preserved");
+
+    let payload = Bytes::from_static(b"{\"name\":\"outrider\",\"bytes\":\"\x00\x01\xff\"}");
+    let (status, _, body) = send(&client(), Request::post(proxy.url("/echo")).header("content-type", "application/json").body(full(payload.clone())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, payload);
+    assert_eq!(app.last().method, "POST");
+    assert_eq!(app.last().headers["content-type"], "application/json");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_32_mib_both_ways_in_bounded_memory() {
+    const SIZE: usize = 32 << 20;
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+    let rss_before = proxy.peak_rss_kib();
+
+    // Upload: streamed from the client, counted by the app.
+    let (status, _, body) = send(&client(), Request::post(proxy.url("/count")).body(pattern_body(SIZE)).unwrap()).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, SIZE.to_string());
+    assert_eq!(app.last().headers.get("transfer-encoding").map(|v| v.to_str().unwrap()), Some("chunked"), "a chunked upload stays chunked");
+
+    // Download: streamed by the app, checked byte for byte here.
+    let response = client().request(Request::get(proxy.url(&format!("/bytes/{SIZE}"))).body(full("")).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut expected = pattern(SIZE).flat_map(|b| b.to_vec());
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(data) = frame.data_ref() {
+            for byte in data.iter() {
+                assert_eq!(Some(*byte), expected.next(), "byte {received} differs");
+                received += 1;
+            }
+        }
+    }
+    assert_eq!(received, SIZE);
+
+    // A proxy that buffered either body would have grown by at least 32 MiB.
+    let grown = proxy.peak_rss_kib().saturating_sub(rss_before);
+    assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB while streaming 2 x 32 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strips_hop_by_hop_headers_and_appends_forwarded_headers() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+    let response = raw(
+        proxy.listen,
+        b"GET /h HTTP/1.1\r\nHost: shop.example\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+          Proxy-Connection: keep-alive\r\nTE: gzip\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-End: kept\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let seen = app.last();
+    for hop in ["x-hop", "keep-alive", "proxy-connection", "te"] {
+        assert!(!seen.headers.contains_key(hop), "{hop} reached the app: {:?}", seen.headers);
+    }
+    assert_ne!(seen.headers.get("connection").map(|v| v.to_str().unwrap()), Some("close, X-Hop"));
+    assert_eq!(seen.headers["x-end"], "kept");
+    assert_eq!(seen.headers["host"], "shop.example");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https, http");
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrade_echoes_through_the_proxy() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.listen)).await.unwrap();
+    assert_eq!(response.status(), 101);
+    for i in 0..3 {
+        let text = format!("ping {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let echoed = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    let echoed = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed.into_data().as_ref(), &[0u8, 1, 2, 255]);
+    ws.close(None).await.unwrap();
+    assert_eq!(app.last().headers["upgrade"], "websocket");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_client_reaches_http1_app() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+    let response = h2c_client().request(Request::post(proxy.url("/echo")).body(full("over h2")).unwrap()).await.unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "over h2");
+    let seen = app.last();
+    assert_eq!(seen.version, Version::HTTP_11, "HTTP/1.1 to the app by default");
+    assert_eq!(seen.headers["host"], proxy.listen.to_string(), "the :authority becomes Host");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_to_the_app_when_configured() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_UPSTREAM_PROTOCOL", "http2").start().await;
+    let (status, _, body) = get(&proxy.url("/x")).await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"hello from app"[..]));
+    assert_eq!(app.last().version, Version::HTTP_2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trailers_and_expect_continue_pass_through() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+
+    let response = raw(proxy.listen, b"GET /trailers HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{response}");
+    assert!(response.contains("part1,"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("x-checksum: abc123"), "trailer lost: {response}");
+
+    // Expect: 100-continue: the client waits for the interim response before
+    // sending its body, as curl does.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    stream
+        .write_all(b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"), "{}", String::from_utf8_lossy(&buf[..n]));
+    stream.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("200 OK") && rest.ends_with("5"), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn app_down_gives_502_with_a_reason() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let proxy = outrider(&format!("http://127.0.0.1:{port}")).start().await;
+    let started = Instant::now();
+    let (status, headers, body) = get(&proxy.url("/")).await.unwrap();
+    assert_eq!(status, 502);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(String::from_utf8_lossy(&body).contains("refused"), "{body:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let logs = proxy.logs();
+    assert!(logs.iter().any(|l| l.contains("upstream request failed") && l.contains("\"error.kind\":\"connect\"")), "{logs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_app_gives_504_after_the_request_timeout() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_REQUEST_TIMEOUT", "300ms").start().await;
+    let started = Instant::now();
+    let (status, _, body) = get(&proxy.url("/slow/10000")).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, 504);
+    assert!(String::from_utf8_lossy(&body).contains("did not answer in time"), "{body:?}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "took {took:?}");
+    // A fast request on the same proxy is unaffected.
+    assert_eq!(get(&proxy.url("/slow/10")).await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_socket_upstream() {
+    let dir = std::env::temp_dir().join(format!("outrider-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { break };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full(format!("unix {}", req.uri().path()))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    let proxy = outrider(&format!("unix:{}", path.display())).start().await;
+    let (status, _, body) = get(&proxy.url("/over/uds")).await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"unix /over/uds"[..]));
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_connections_to_the_app_are_pooled() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(send(&client, Request::get(proxy.url("/")).body(full("")).unwrap()).await.unwrap().0, 200);
+    }
+    // Count the sockets towards the app in the kernel's own table.
+    let conns = established_to(app.addr.port());
+    assert!(conns <= 2, "{conns} connections to the app for 20 sequential requests");
+}
+
+/// Established TCP connections whose peer port is `port`, from /proc.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[3] == "01" && cols[2].ends_with(&format!(":{port:04X}"))
+        })
+        .count()
+}
