@@ -24,12 +24,7 @@ pub const ENV_PREFIX: &str = "OUTRIDER_";
 pub enum ConfigError {
     /// A value was present but could not be parsed.
     #[error("invalid {var}={value:?}{origin}: {reason}")]
-    Invalid {
-        var: String,
-        value: String,
-        origin: String,
-        reason: String,
-    },
+    Invalid { var: String, value: String, origin: String, reason: String },
     /// The config file or the sources could not be read at all.
     #[error("{0}")]
     Source(String),
@@ -121,6 +116,19 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("OUTRIDER_DRAIN_TIMEOUT", "Longest drain, counted from SIGTERM (includes the delay); then open requests are cut."),
     ("OUTRIDER_APP_STOP_TIMEOUT", "After the drain, time between SIGTERM and SIGKILL to the wrapped app."),
 ];
+
+/// `(variable, default)` for every variable, defaults as a user writes them;
+/// `OUTRIDER_CONFIG` has none.
+pub fn defaults() -> Vec<(&'static str, String)> {
+    let defaults: BTreeMap<String, String> = Figment::from(Serialized::defaults(RawConfig::default())).extract().unwrap_or_default();
+    VARIABLES
+        .iter()
+        .map(|(var, _)| {
+            let key = var.trim_start_matches(ENV_PREFIX).to_ascii_lowercase();
+            (*var, defaults.get(&key).cloned().unwrap_or_default())
+        })
+        .collect()
+}
 
 /// Which protocol outrider speaks to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -249,11 +257,8 @@ impl Config {
         // Env provider would parse `{a,b}` or `[x]` as structures, and
         // `Config::try_from` owns all parsing so that a bad value gets the
         // same error whatever its source.
-        let env: BTreeMap<String, String> = Env::prefixed(ENV_PREFIX)
-            .only(KNOWN_KEYS)
-            .iter()
-            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v))
-            .collect();
+        let env: BTreeMap<String, String> =
+            Env::prefixed(ENV_PREFIX).only(KNOWN_KEYS).iter().map(|(k, v)| (k.as_str().to_ascii_lowercase(), v)).collect();
         let figment = figment.merge(Serialized::globals(&env)).merge(Serialized::globals(overrides));
         let origin = |key: &str| {
             if overrides.has(key) {
@@ -371,9 +376,7 @@ impl TryFrom<RawConfig> for Config {
             },
             admin_listen: parse_socket_addr("OUTRIDER_ADMIN_LISTEN", &raw.admin_listen)?,
             log: {
-                tracing_subscriber::EnvFilter::builder()
-                    .parse(&raw.log)
-                    .map_err(|e| invalid("OUTRIDER_LOG", &raw.log, &e.to_string()))?;
+                tracing_subscriber::EnvFilter::builder().parse(&raw.log).map_err(|e| invalid("OUTRIDER_LOG", &raw.log, &e.to_string()))?;
                 raw.log
             },
             log_format: match raw.log_format.trim().to_ascii_lowercase().as_str() {
@@ -413,10 +416,7 @@ fn invalid(var: &str, value: &str, reason: &str) -> ConfigError {
 }
 
 fn parse_socket_addr(var: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| invalid(var, value, "expected an IP socket address such as 0.0.0.0:8080 or [::]:8080"))
+    value.trim().parse().map_err(|_| invalid(var, value, "expected an IP socket address such as 0.0.0.0:8080 or [::]:8080"))
 }
 
 /// Parses `250ms`, `5s`, `1m30s`. A bare number is rejected: `30` could mean

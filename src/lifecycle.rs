@@ -94,10 +94,9 @@ impl Lifecycle {
         let drained = tokio::time::timeout_at(deadline, connections.wait());
         match self.wait(app, drained).await {
             Waited::Done(Ok(())) => info!("all connections drained"),
-            Waited::Done(Err(_)) => warn!(
-                remaining = self.connections.len(),
-                "drain timeout reached with requests still in flight; closing them"
-            ),
+            Waited::Done(Err(_)) => {
+                warn!(remaining = self.connections.len(), "drain timeout reached with requests still in flight; closing them")
+            }
             Waited::Interrupted => return self.fast_stop(app).await,
         }
 

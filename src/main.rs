@@ -60,13 +60,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let overrides = Overrides {
-        listen: cli.listen,
-        upstream: cli.upstream,
-        admin_listen: cli.admin_listen,
-        log: cli.log,
-        log_format: cli.log_format,
-    };
+    let overrides =
+        Overrides { listen: cli.listen, upstream: cli.upstream, admin_listen: cli.admin_listen, log: cli.log, log_format: cli.log_format };
     let config = match Config::load(&overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -110,7 +105,8 @@ fn main() -> ExitCode {
 
 async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     // Bind before starting the app: a port clash must not leave it orphaned.
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {} (OUTRIDER_LISTEN)", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {} (OUTRIDER_LISTEN)", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (OUTRIDER_ADMIN_LISTEN)", config.admin_listen))?;
@@ -150,9 +146,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         connections.clone(),
     );
     let options = ServerOptions { header_read_timeout: config.header_read_timeout, max_header_bytes: config.max_header_bytes };
-    tokio::spawn(server::serve("proxy", listener, options.clone(), phase.clone(), connections.clone(), move |conn| {
-        proxy.service(conn)
-    }));
+    tokio::spawn(server::serve("proxy", listener, options.clone(), phase.clone(), connections.clone(), move |conn| proxy.service(conn)));
 
     // The admin listener outlives the drain: probes must keep answering
     // (with 503) until the process exits. Its phase never leaves `Serve`.

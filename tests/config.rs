@@ -43,7 +43,11 @@ fn precedence_is_defaults_then_file_then_env_then_flags() {
     let dir = std::env::temp_dir().join(format!("outrider-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("outrider.toml");
-    std::fs::write(&file, "listen = \"127.0.0.1:7001\"\nupstream = \"http://127.0.0.1:7002\"\nlog = \"warn\"\nmax_header_bytes = 32768\nvia = true\n").unwrap();
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:7001\"\nupstream = \"http://127.0.0.1:7002\"\nlog = \"warn\"\nmax_header_bytes = 32768\nvia = true\n",
+    )
+    .unwrap();
 
     let base = || {
         let mut s = outrider("http://unused:1").env("OUTRIDER_CONFIG", file.to_str().unwrap());
@@ -91,13 +95,11 @@ fn precedence_is_defaults_then_file_then_env_then_flags() {
 #[test]
 fn kubernetes_service_variables_do_not_break_start_up() {
     // A Service named `outrider` makes the kubelet inject these.
-    let (code, _, stderr) = run(
-        outrider("http://127.0.0.1:1")
-            .env("OUTRIDER_PORT", "tcp://10.0.0.1:8080")
-            .env("OUTRIDER_SERVICE_HOST", "10.0.0.1")
-            .env("OUTRIDER_PORT_8080_TCP", "tcp://10.0.0.1:8080")
-            .args(["--print-config"]),
-    );
+    let (code, _, stderr) = run(outrider("http://127.0.0.1:1")
+        .env("OUTRIDER_PORT", "tcp://10.0.0.1:8080")
+        .env("OUTRIDER_SERVICE_HOST", "10.0.0.1")
+        .env("OUTRIDER_PORT_8080_TCP", "tcp://10.0.0.1:8080")
+        .args(["--print-config"]));
     assert_eq!(code, 0, "{stderr}");
 }
 

@@ -18,7 +18,11 @@ async fn get_and_post_round_trip_with_headers_and_body_intact() {
 
     let (status, headers, body) = send(
         &client(),
-        Request::get(proxy.url("/some/path?q=1&r=%20x")).header("x-custom", "value-1").header("user-agent", "itest").body(full("")).unwrap(),
+        Request::get(proxy.url("/some/path?q=1&r=%20x"))
+            .header("x-custom", "value-1")
+            .header("user-agent", "itest")
+            .body(full(""))
+            .unwrap(),
     )
     .await
     .unwrap();
@@ -32,9 +36,10 @@ async fn get_and_post_round_trip_with_headers_and_body_intact() {
     assert_eq!(seen.headers["host"], proxy.listen.to_string(), "Host is preserved");
 
     let payload = Bytes::from_static(b"{\"name\":\"outrider\",\"bytes\":\"\x00\x01\xff\"}");
-    let (status, _, body) = send(&client(), Request::post(proxy.url("/echo")).header("content-type", "application/json").body(full(payload.clone())).unwrap())
-        .await
-        .unwrap();
+    let (status, _, body) =
+        send(&client(), Request::post(proxy.url("/echo")).header("content-type", "application/json").body(full(payload.clone())).unwrap())
+            .await
+            .unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, payload);
     assert_eq!(app.last().method, "POST");
@@ -247,4 +252,35 @@ fn established_to(port: u16) -> usize {
             cols.len() > 3 && cols[3] == "01" && cols[2].ends_with(&format!(":{port:04X}"))
         })
         .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_mid_upload_cancels_the_request_at_the_app() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::AsyncWriteExt;
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+    for (head, part) in [
+        (&b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"[..], &[7u8; 5000][..]),
+        (&b"POST /count HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"[..], &b"1000\r\n0123456789"[..]),
+    ] {
+        let before = app.count();
+        let mut stream = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+        stream.write_all(head).await.unwrap();
+        stream.write_all(part).await.unwrap();
+        eventually("the app to receive the request", || {
+            let n = app.count();
+            async move { (n > before).then_some(()) }
+        })
+        .await;
+        drop(stream);
+    }
+    eventually("the app to see both bodies cut", || {
+        let n = app.aborted.load(SeqCst);
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(app.completed.load(SeqCst), 0, "a truncated body reached the app as complete");
+    // The proxy is unharmed.
+    assert_eq!(get(&proxy.url("/")).await.unwrap().0, 200);
 }

@@ -74,10 +74,7 @@ async fn sigterm_reaches_the_app_after_the_drain_and_its_code_is_kept() {
 async fn orphaned_grandchildren_are_reaped() {
     // The app starts a background child and exits from under it only after
     // that child has been orphaned and died: a zombie unless we reap it.
-    let proxy = outrider(&unused_upstream())
-        .args(["--", "sh", "-c", "sh -c 'sleep 0.2 &' ; sleep 1.5; exit 3"])
-        .start()
-        .await;
+    let proxy = outrider(&unused_upstream()).args(["--", "sh", "-c", "sh -c 'sleep 0.2 &' ; sleep 1.5; exit 3"]).start().await;
     let pid = proxy.pid();
     // While the app still runs, the orphan has died; nothing may linger.
     tokio::time::sleep(Duration::from_millis(900)).await;

@@ -73,6 +73,10 @@ pub struct Seen {
 pub struct App {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Bodies the app saw end in an error (the request was cut, not completed).
+    pub aborted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bodies `/count` read to a clean end.
+    pub completed: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -85,7 +89,9 @@ impl App {
     pub async fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
+        let aborted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let completed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let record = Record { seen: seen.clone(), aborted: aborted.clone(), completed: completed.clone() };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -98,7 +104,7 @@ impl App {
                 });
             }
         });
-        Self { addr, seen, task }
+        Self { addr, seen, aborted, completed, task }
     }
 
     pub fn url(&self) -> String {
@@ -140,8 +146,16 @@ pub fn pattern_body(len: usize) -> TestBody {
     BodyExt::boxed(StreamBody::new(stream))
 }
 
-async fn handle(record: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
-    record.lock().unwrap().push(Seen {
+#[derive(Clone)]
+struct Record {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    aborted: Arc<std::sync::atomic::AtomicUsize>,
+    completed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn handle(record: Record, mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    use std::sync::atomic::Ordering::SeqCst;
+    record.seen.lock().unwrap().push(Seen {
         method: req.method().clone(),
         uri: req.uri().to_string(),
         version: req.version(),
@@ -170,8 +184,10 @@ async fn handle(record: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Re
             }
         }
         if ok {
+            record.completed.fetch_add(1, SeqCst);
             Response::new(full(n.to_string()))
         } else {
+            record.aborted.fetch_add(1, SeqCst);
             let mut r = Response::new(full("aborted"));
             *r.status_mut() = StatusCode::BAD_REQUEST;
             r
@@ -184,8 +200,15 @@ async fn handle(record: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Re
     } else if path == "/trailers" {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-checksum", "abc123".parse().unwrap());
-        let frames = vec![Ok(Frame::data(Bytes::from_static(b"part1,"))), Ok(Frame::data(Bytes::from_static(b"part2"))), Ok(Frame::trailers(trailers))];
-        Response::builder().header("trailer", "x-checksum").body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))).unwrap()
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"part1,"))),
+            Ok(Frame::data(Bytes::from_static(b"part2"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        Response::builder()
+            .header("trailer", "x-checksum")
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))))
+            .unwrap()
     } else if path == "/ws" {
         let key = req.headers().get("sec-websocket-key").cloned().unwrap();
         let upgrade = hyper::upgrade::on(&mut req);
@@ -342,11 +365,7 @@ impl Outrider {
     /// Peak resident memory so far, from the kernel's own accounting.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
     }
 }
 
