@@ -1,58 +1,168 @@
-//! The admin listener: probes for the kubelet, never proxied traffic.
+//! The admin listener: probes for the kubelet, the drain hook, never
+//! proxied traffic.
 //!
 //! Routes:
-//! * `GET /livez` (alias `/health`): 200 while outrider's event loop runs.
-//!   Never depends on the app, so a slow app does not get the pod killed.
-//! * `GET /readyz` (alias `/ready`): 200 while outrider accepts traffic
-//!   normally, 503 with a one-line reason once it drains.
+//! * `GET /livez` (aliases `/health`, `/healthz`): 200 while outrider's event
+//!   loop runs. Never depends on the app, so a slow app does not get the pod
+//!   killed.
+//! * `GET /readyz` (alias `/ready`): 200 when the app is healthy **and**
+//!   outrider is not draining; else 503 with a one-line reason. `?verbose`
+//!   lists each check.
+//! * `GET /startupz`: 200 once the app has been healthy at least once.
+//! * `POST /drain` (or `GET`, for the kubelet's `httpGet` hooks, which cannot
+//!   POST): starts the drain and answers once in-flight requests are done.
+//!   Allowed from a loopback peer, or with `Authorization: Bearer <token>`
+//!   when `OUTRIDER_ADMIN_TOKEN` is set; everyone else gets 403, so a peer
+//!   on the pod network cannot take a pod out of service.
 //!
-//! Handlers answer from in-memory state only; they never call the app.
+//! Probe handlers answer from in-memory state only; they never call the app.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::sync::watch;
+use tracing::{info, warn};
 
-use crate::server::Phase;
+use crate::{health::Health, server::Phase};
 
-/// What the probes read.
+/// What the admin routes read and drive.
 #[derive(Clone)]
 pub struct AdminState {
     /// The proxy listener's phase: anything but `Serve` is not ready.
     pub phase: watch::Receiver<Phase>,
+    pub health: Health,
+    /// Set to true to ask for a drain.
+    pub drain_request: Arc<watch::Sender<bool>>,
+    /// Becomes true once the drain has finished.
+    pub drained: watch::Receiver<bool>,
+    /// Bearer token for non-loopback `/drain` callers.
+    pub token: Option<Arc<str>>,
 }
 
-/// The admin service for one connection.
+/// The admin service for one connection from `peer`.
 pub fn service(
     state: AdminState,
+    peer: SocketAddr,
 ) -> impl tower::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send + 'static {
     tower::service_fn(move |req: Request<Incoming>| {
-        let response = route(&state, &req);
-        async move { Ok(response) }
+        let state = state.clone();
+        async move { Ok(route(&state, peer, &req).await) }
     })
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/drain" {
+        return drain(state, peer, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
-    match req.uri().path() {
+    match path {
         "/livez" | "/health" | "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" | "/ready" => match *state.phase.borrow() {
-            Phase::Serve => text(StatusCode::OK, "ready\n"),
-            Phase::Drain | Phase::Close => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        },
+        "/readyz" | "/ready" => readiness(state, req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"))),
+        "/startupz" => {
+            if state.health.status().started {
+                text(StatusCode::OK, "started\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "app not started yet\n")
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
+fn readiness(state: &AdminState, verbose: bool) -> Response<Full<Bytes>> {
+    let phase = *state.phase.borrow();
+    let app = state.health.status();
+    let draining = phase != Phase::Serve;
+    let ready = app.healthy && !draining;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if !verbose {
+        return match (draining, app.healthy) {
+            (true, _) => text(status, "draining\n"),
+            (false, false) => owned(status, format!("app not ready: {}\n", app.reason)),
+            (false, true) => text(status, "ready\n"),
+        };
+    }
+    let mut body = String::with_capacity(128);
+    let _ = writeln!(body, "[{}] draining: {}", if draining { "-" } else { "+" }, if draining { "yes" } else { "no" });
+    if app.healthy {
+        let _ = writeln!(body, "[+] app: healthy");
+    } else {
+        let _ = writeln!(body, "[-] app: {}", app.reason);
+    }
+    body.push_str(if ready { "readyz check passed\n" } else { "readyz check failed\n" });
+    owned(status, body)
+}
+
+async fn drain(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST && req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /drain\n");
+    }
+    if !authorized(state, peer, req) {
+        warn!(%peer, "refused /drain: not loopback and no valid admin token");
+        return text(StatusCode::FORBIDDEN, "forbidden: /drain needs a loopback caller or the admin token\n");
+    }
+    if !*state.drain_request.borrow() {
+        info!(%peer, "drain requested through the admin endpoint");
+        state.drain_request.send_replace(true);
+    }
+    let mut drained = state.drained.clone();
+    // The process may exit first, dropping the sender: the drain is over then too.
+    let _ = drained.wait_for(|d| *d).await;
+    text(StatusCode::OK, "drained\n")
+}
+
+fn authorized(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> bool {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        return true;
+    }
+    let (Some(token), Some(given)) = (&state.token, req.headers().get(header::AUTHORIZATION)) else { return false };
+    let Some(given) = given.as_bytes().strip_prefix(b"Bearer ") else { return false };
+    constant_time_eq(given, token.as_bytes())
+}
+
+/// Compares without an early exit, so response timing does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    respond(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn owned(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    respond(status, Bytes::from(body))
+}
+
+fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
 }

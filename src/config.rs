@@ -70,6 +70,24 @@ pub struct RawConfig {
     pub drain_timeout: String,
     #[serde(deserialize_with = "lossy_string")]
     pub app_stop_timeout: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub app_health: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub app_health_interval: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub app_health_failures: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub app_health_successes: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub buffer_max: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub buffer_timeout: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub admin_token: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub app_process: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub app_pidfile: String,
 }
 
 impl Default for RawConfig {
@@ -91,6 +109,15 @@ impl Default for RawConfig {
             drain_delay: "5s".into(),
             drain_timeout: "20s".into(),
             app_stop_timeout: "10s".into(),
+            app_health: "tcp".into(),
+            app_health_interval: "2s".into(),
+            app_health_failures: "3".into(),
+            app_health_successes: "1".into(),
+            buffer_max: "1024".into(),
+            buffer_timeout: "30s".into(),
+            admin_token: String::new(),
+            app_process: String::new(),
+            app_pidfile: String::new(),
         }
     }
 }
@@ -115,6 +142,15 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("OUTRIDER_DRAIN_DELAY", "After SIGTERM, keep accepting new connections this long while endpoints update."),
     ("OUTRIDER_DRAIN_TIMEOUT", "Longest drain, counted from SIGTERM (includes the delay); then open requests are cut."),
     ("OUTRIDER_APP_STOP_TIMEOUT", "After the drain, time between SIGTERM and SIGKILL to the wrapped app."),
+    ("OUTRIDER_APP_HEALTH", "App health check: `tcp` (connect) or an HTTP path such as `/status` (2xx/3xx healthy)."),
+    ("OUTRIDER_APP_HEALTH_INTERVAL", "Time between active health checks once the app has started."),
+    ("OUTRIDER_APP_HEALTH_FAILURES", "Consecutive failures before the app is declared unhealthy."),
+    ("OUTRIDER_APP_HEALTH_SUCCESSES", "Consecutive successes before the app is declared healthy again."),
+    ("OUTRIDER_BUFFER_MAX", "Requests held at once while the app refuses connections; `0` disables holding."),
+    ("OUTRIDER_BUFFER_TIMEOUT", "How long a request is held waiting for the app; `0` disables holding."),
+    ("OUTRIDER_ADMIN_TOKEN", "Bearer token that lets a non-loopback caller use `/drain`."),
+    ("OUTRIDER_APP_PROCESS", "Pod mode: name of the app process to stop after the drain (needs `shareProcessNamespace`)."),
+    ("OUTRIDER_APP_PIDFILE", "Pod mode: file holding the app's PID, the alternative to `OUTRIDER_APP_PROCESS`."),
 ];
 
 /// `(variable, default)` for every variable, defaults as a user writes them;
@@ -205,6 +241,34 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Time the wrapped app gets between SIGTERM and SIGKILL.
     pub app_stop_timeout: Duration,
+    /// Active app health check.
+    pub app_health: AppHealthCheck,
+    /// Interval of the active check once the app has started.
+    pub app_health_interval: Duration,
+    /// Consecutive failures that make a healthy app unhealthy.
+    pub app_health_failures: u32,
+    /// Consecutive successes that make an unhealthy app healthy.
+    pub app_health_successes: u32,
+    /// Holding requests while the app is away; `None` answers 502 at once.
+    pub buffer: Option<(usize, Duration)>,
+    /// Lets non-loopback callers use `/drain`. Never printed.
+    pub admin_token: Option<String>,
+    /// Pod mode: how to find the app process to stop after the drain.
+    pub app_process: Option<AppProcess>,
+}
+
+/// How the app's health is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppHealthCheck {
+    Tcp,
+    HttpPath(String),
+}
+
+/// Pod mode with a shared process namespace: the app to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppProcess {
+    Name(String),
+    PidFile(PathBuf),
 }
 
 /// Command-line flags that override the environment. Each is `None` unless
@@ -257,8 +321,10 @@ impl Config {
         // Env provider would parse `{a,b}` or `[x]` as structures, and
         // `Config::try_from` owns all parsing so that a bad value gets the
         // same error whatever its source.
+        let known = known_keys();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
         let env: BTreeMap<String, String> =
-            Env::prefixed(ENV_PREFIX).only(KNOWN_KEYS).iter().map(|(k, v)| (k.as_str().to_ascii_lowercase(), v)).collect();
+            Env::prefixed(ENV_PREFIX).only(&known).iter().map(|(k, v)| (k.as_str().to_ascii_lowercase(), v)).collect();
         let figment = figment.merge(Serialized::globals(&env)).merge(Serialized::globals(overrides));
         let origin = |key: &str| {
             if overrides.has(key) {
@@ -336,31 +402,38 @@ impl Config {
         line("drain_delay", dur(self.drain_delay));
         line("drain_timeout", dur(self.drain_timeout));
         line("app_stop_timeout", dur(self.app_stop_timeout));
+        line(
+            "app_health",
+            match &self.app_health {
+                AppHealthCheck::Tcp => "tcp".into(),
+                AppHealthCheck::HttpPath(p) => p.clone(),
+            },
+        );
+        line("app_health_interval", dur(self.app_health_interval));
+        line("app_health_failures", self.app_health_failures.to_string());
+        line("app_health_successes", self.app_health_successes.to_string());
+        let (max, timeout) = self.buffer.unwrap_or((0, Duration::ZERO));
+        line("buffer_max", max.to_string());
+        line("buffer_timeout", if timeout.is_zero() { "0".into() } else { dur(timeout) });
+        line("admin_token", if self.admin_token.is_some() { "<redacted>".into() } else { String::new() });
+        let (process, pidfile) = match &self.app_process {
+            Some(AppProcess::Name(n)) => (n.clone(), String::new()),
+            Some(AppProcess::PidFile(p)) => (String::new(), p.display().to_string()),
+            None => (String::new(), String::new()),
+        };
+        line("app_process", process);
+        line("app_pidfile", pidfile);
         out
     }
 }
 
-/// Keys accepted from the environment. Anything else with the prefix is
-/// ignored: Kubernetes injects `<SERVICE>_PORT` style variables for every
-/// Service, so a Service named `outrider` must not break start-up.
-const KNOWN_KEYS: &[&str] = &[
-    "listen",
-    "upstream",
-    "upstream_protocol",
-    "admin_listen",
-    "log",
-    "log_format",
-    "upstream_connect_timeout",
-    "request_timeout",
-    "upstream_pool_idle_timeout",
-    "upstream_pool_max_idle",
-    "header_read_timeout",
-    "max_header_bytes",
-    "via",
-    "drain_delay",
-    "drain_timeout",
-    "app_stop_timeout",
-];
+/// Keys accepted from the environment: the variables without prefix. Any
+/// other `OUTRIDER_*` is ignored: Kubernetes injects `<SERVICE>_PORT` style
+/// variables for every Service, so a Service named `outrider` must not
+/// break start-up.
+fn known_keys() -> Vec<String> {
+    VARIABLES.iter().filter(|(v, _)| *v != "OUTRIDER_CONFIG").map(|(v, _)| v.trim_start_matches(ENV_PREFIX).to_ascii_lowercase()).collect()
+}
 
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
@@ -407,6 +480,40 @@ impl TryFrom<RawConfig> for Config {
             },
             drain_timeout: parse_duration("OUTRIDER_DRAIN_TIMEOUT", &raw.drain_timeout)?,
             app_stop_timeout: parse_duration("OUTRIDER_APP_STOP_TIMEOUT", &raw.app_stop_timeout)?,
+            app_health: match raw.app_health.trim() {
+                "tcp" | "" => AppHealthCheck::Tcp,
+                path if path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok() => {
+                    AppHealthCheck::HttpPath(path.to_owned())
+                }
+                _ => return Err(invalid("OUTRIDER_APP_HEALTH", &raw.app_health, "expected tcp or an HTTP path such as /status")),
+            },
+            app_health_interval: parse_nonzero_duration("OUTRIDER_APP_HEALTH_INTERVAL", &raw.app_health_interval)?,
+            app_health_failures: u32::try_from(parse_number("OUTRIDER_APP_HEALTH_FAILURES", &raw.app_health_failures, 1, 1000)?)
+                .unwrap_or(3),
+            app_health_successes: u32::try_from(parse_number("OUTRIDER_APP_HEALTH_SUCCESSES", &raw.app_health_successes, 1, 1000)?)
+                .unwrap_or(1),
+            buffer: {
+                let max = parse_number("OUTRIDER_BUFFER_MAX", &raw.buffer_max, 0, 1 << 20)?;
+                let timeout = parse_duration("OUTRIDER_BUFFER_TIMEOUT", &raw.buffer_timeout)?;
+                (max > 0 && !timeout.is_zero()).then_some((max, timeout))
+            },
+            admin_token: match raw.admin_token.trim() {
+                "" => None,
+                t if t.len() < 16 => return Err(invalid("OUTRIDER_ADMIN_TOKEN", "<redacted>", "must be at least 16 characters")),
+                t => Some(t.to_owned()),
+            },
+            app_process: match (raw.app_process.trim(), raw.app_pidfile.trim()) {
+                ("", "") => None,
+                (name, "") => Some(AppProcess::Name(name.to_owned())),
+                ("", file) => Some(AppProcess::PidFile(PathBuf::from(file))),
+                _ => {
+                    return Err(invalid(
+                        "OUTRIDER_APP_PIDFILE",
+                        &raw.app_pidfile,
+                        "set either OUTRIDER_APP_PROCESS or OUTRIDER_APP_PIDFILE, not both",
+                    ));
+                }
+            },
         })
     }
 }
@@ -580,11 +687,18 @@ mod tests {
     }
 
     #[test]
-    fn variables_table_covers_every_key() {
-        for key in KNOWN_KEYS {
-            let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
-            assert!(VARIABLES.iter().any(|(v, _)| *v == var), "{var} missing from VARIABLES");
+    fn every_variable_is_a_raw_config_field() {
+        let fields: BTreeMap<String, String> = Figment::from(Serialized::defaults(RawConfig::default())).extract().unwrap();
+        let keys = known_keys();
+        for key in &keys {
+            assert!(fields.contains_key(key), "{key} is listed in VARIABLES but RawConfig has no such field");
         }
-        assert_eq!(VARIABLES.len(), KNOWN_KEYS.len() + 1, "VARIABLES lists a key the loader does not read");
+        assert_eq!(fields.len(), keys.len(), "RawConfig has a field VARIABLES does not list");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = load_with(&[("OUTRIDER_ADMIN_TOKEN", "0123456789abcdef-secret")]).unwrap();
+        assert!(!c.to_toml().contains("secret"));
     }
 }

@@ -10,6 +10,7 @@
 //! * `proxy`: the request path: header rewriting, the pooled client to the
 //!   app, upgrades, and the mapping of failures to 502/504.
 //! * `admin`: the admin listener (probes; metrics come later).
+//! * `health`: the app's health, from active checks and real traffic.
 //! * `lifecycle`: signals and the shutdown sequence.
 //! * `supervisor`: the wrapped child process: spawn, signal, reap, exit code.
 //! * `telemetry`: logging set-up.
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod health;
 pub mod lifecycle;
 pub mod proxy;
 pub mod server;

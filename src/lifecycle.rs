@@ -1,7 +1,7 @@
 //! Signals and the shutdown sequence.
 //!
-//! * SIGTERM (Kubernetes' way to start a graceful shutdown) and SIGINT
-//!   start the drain: readiness fails at once; for `drain_delay` new
+//! * SIGTERM (Kubernetes' way to start a graceful shutdown), SIGINT, and a
+//!   call to the admin `/drain` endpoint start the drain: readiness fails at once; for `drain_delay` new
 //!   connections are still accepted (endpoint removal is still propagating)
 //!   but served without keep-alive; then the listener closes and in-flight
 //!   requests may finish until `drain_timeout` after the signal. Only then does the app
@@ -9,6 +9,11 @@
 //! * A second SIGTERM/SIGINT skips whatever wait is running and stops now.
 //! * SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH go to the app as they are.
 //! * The app exiting on its own ends outrider with the app's exit code.
+//! * Pod mode: there is no child; an app found through a shared process
+//!   namespace is stopped the same way. After a drain asked for through
+//!   `/drain` (the app container's preStop hook), outrider keeps running,
+//!   not ready, until its own SIGTERM: as a native sidecar it would
+//!   otherwise be restarted by the kubelet.
 
 use std::{future::Future, io, time::Duration};
 
@@ -20,7 +25,29 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::{server::Phase, supervisor::Supervisor};
+use crate::{
+    server::Phase,
+    supervisor::{External, Supervisor},
+};
+
+/// The app whose stop the drain ends with.
+pub enum App {
+    /// Pod mode, nothing to stop.
+    None,
+    /// Wrap mode: our child.
+    Child(Supervisor),
+    /// Pod mode with a shared process namespace.
+    External(External),
+}
+
+impl App {
+    fn child(&self) -> Option<&Supervisor> {
+        match self {
+            Self::Child(child) => Some(child),
+            _ => None,
+        }
+    }
+}
 
 /// Timings of the drain.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +66,10 @@ pub struct Lifecycle {
     phase: watch::Sender<Phase>,
     connections: TaskTracker,
     plan: DrainPlan,
+    /// Becomes true when `/drain` is called.
+    drain_request: watch::Receiver<bool>,
+    /// Set once in-flight requests are done, to answer `/drain`.
+    drained: watch::Sender<bool>,
 }
 
 /// How a wait ended.
@@ -54,28 +85,48 @@ impl Lifecycle {
     ///
     /// # Errors
     /// The handlers cannot be installed.
-    pub fn new(phase: watch::Sender<Phase>, connections: TaskTracker, plan: DrainPlan) -> io::Result<Self> {
+    pub fn new(
+        phase: watch::Sender<Phase>,
+        connections: TaskTracker,
+        plan: DrainPlan,
+        drain_request: watch::Receiver<bool>,
+        drained: watch::Sender<bool>,
+    ) -> io::Result<Self> {
         let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?;
-        Ok(Self { signals, phase, connections, plan })
+        Ok(Self { signals, phase, connections, plan, drain_request, drained })
     }
 
     /// Runs until outrider should exit, and returns the exit code: the
     /// app's own in wrap mode, 0 in pod mode after a drain.
-    pub async fn run(mut self, app: Option<Supervisor>) -> i32 {
-        let app = app.as_ref();
+    pub async fn run(mut self, app: App) -> i32 {
+        let child = app.child();
         // Normal operation: wait for a reason to stop.
-        if let Waited::Done(code) = self.wait(app, app_exit(app)).await {
-            // The app is gone, so nothing more can be served.
-            info!(exit_code = code, "app exited on its own; stopping");
-            self.close_now();
-            return code;
-        }
+        let mut drain_request = self.drain_request.clone();
+        let requested = async move {
+            // A dropped sender means the admin server is gone: never fires.
+            if drain_request.wait_for(|r| *r).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let by_request = match self.wait(child, race_app(requested, child)).await {
+            Waited::Done(()) => match child.and_then(Supervisor::exit_code) {
+                Some(code) => {
+                    // The app is gone, so nothing more can be served.
+                    info!(exit_code = code, "app exited on its own; stopping");
+                    self.close_now();
+                    return code;
+                }
+                None => true,
+            },
+            Waited::Interrupted => false,
+        };
         let plan = self.plan;
         info!(
+            trigger = if by_request { "/drain" } else { "signal" },
             drain_delay = ?plan.delay,
             drain_timeout = ?plan.timeout,
             app_stop_timeout = ?plan.app_stop_timeout,
-            "shutdown requested: readiness now fails; accepting new connections for drain_delay, \
+            "drain started: readiness now fails; accepting new connections for drain_delay, \
              then waiting for in-flight requests, then stopping the app"
         );
         self.phase.send_replace(Phase::Drain);
@@ -83,8 +134,8 @@ impl Lifecycle {
 
         // 1. Endpoint removal is propagating: keep serving.
         let delay = tokio::time::sleep(plan.delay);
-        if let Waited::Interrupted = self.wait(app, race_app(delay, app)).await {
-            return self.fast_stop(app).await;
+        if let Waited::Interrupted = self.wait(child, race_app(delay, child)).await {
+            return self.fast_stop(&app).await;
         }
 
         // 2. Stop accepting; let in-flight requests finish.
@@ -92,18 +143,29 @@ impl Lifecycle {
         self.connections.close();
         let connections = self.connections.clone();
         let drained = tokio::time::timeout_at(deadline, connections.wait());
-        match self.wait(app, drained).await {
+        match self.wait(child, drained).await {
             Waited::Done(Ok(())) => info!("all connections drained"),
             Waited::Done(Err(_)) => {
                 warn!(remaining = self.connections.len(), "drain timeout reached with requests still in flight; closing them")
             }
-            Waited::Interrupted => return self.fast_stop(app).await,
+            Waited::Interrupted => return self.fast_stop(&app).await,
         }
+        self.drained.send_replace(true);
 
         // 3. Only now does the app hear about it.
-        match app {
-            Some(app) => self.stop_app(app).await,
-            None => 0,
+        match &app {
+            App::Child(child) => self.stop_child(child).await,
+            App::External(external) => {
+                external.stop(plan.app_stop_timeout).await;
+                0
+            }
+            App::None => {
+                if by_request {
+                    info!("drained; waiting for SIGTERM to exit");
+                    let _ = self.wait(None, std::future::pending::<()>()).await;
+                }
+                0
+            }
         }
     }
 
@@ -128,12 +190,17 @@ impl Lifecycle {
     }
 
     /// A second signal during the drain: close everything and stop the app.
-    async fn fast_stop(&mut self, app: Option<&Supervisor>) -> i32 {
-        warn!("second shutdown signal: skipping the rest of the drain");
+    async fn fast_stop(&mut self, app: &App) -> i32 {
+        warn!("shutdown signal during the drain: skipping the rest of it");
         self.close_now();
+        self.drained.send_replace(true);
         match app {
-            Some(app) => self.stop_app(app).await,
-            None => 0,
+            App::Child(child) => self.stop_child(child).await,
+            App::External(external) => {
+                external.stop(self.plan.app_stop_timeout).await;
+                0
+            }
+            App::None => 0,
         }
     }
 
@@ -143,7 +210,7 @@ impl Lifecycle {
     }
 
     /// SIGTERM, then SIGKILL after the stop timeout (or a further signal).
-    async fn stop_app(&mut self, app: &Supervisor) -> i32 {
+    async fn stop_child(&mut self, app: &Supervisor) -> i32 {
         if let Some(code) = app.exit_code() {
             return code;
         }
@@ -160,7 +227,7 @@ impl Lifecycle {
     }
 }
 
-/// Resolves with the app's exit code, or never in pod mode.
+/// Resolves with the child's exit code, or never in pod mode.
 async fn app_exit(app: Option<&Supervisor>) -> i32 {
     match app {
         Some(app) => app.exited().await,

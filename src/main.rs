@@ -8,11 +8,12 @@ use anyhow::Context;
 use clap::Parser;
 use outrider::{
     admin,
-    config::{Config, LogFormat, Overrides, UpstreamAddr, UpstreamProtocol},
-    lifecycle::{DrainPlan, Lifecycle},
+    config::{AppHealthCheck, AppProcess, Config, LogFormat, Overrides, UpstreamAddr, UpstreamProtocol},
+    health::{self, Health},
+    lifecycle::{App, DrainPlan, Lifecycle},
     proxy::{self, Proxy, upstream},
     server::{self, Phase, ServerOptions},
-    supervisor::{self, Supervisor},
+    supervisor::{self, External, Supervisor},
     telemetry,
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -116,33 +117,59 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (phase_tx, phase) = watch::channel(Phase::Serve);
+    let (drain_request, drain_requested) = watch::channel(false);
+    let (drained_tx, drained) = watch::channel(false);
     let connections = TaskTracker::new();
     let plan = DrainPlan { delay: config.drain_delay, timeout: config.drain_timeout, app_stop_timeout: config.app_stop_timeout };
-    let lifecycle = Lifecycle::new(phase_tx, connections.clone(), plan).context("cannot install signal handlers")?;
+    let lifecycle =
+        Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx).context("cannot install signal handlers")?;
 
     let app = if command.is_empty() {
-        None
+        match &config.app_process {
+            Some(AppProcess::Name(name)) => App::External(External::Name(name.clone())),
+            Some(AppProcess::PidFile(path)) => App::External(External::PidFile(path.clone())),
+            None => App::None,
+        }
     } else {
         supervisor::become_subreaper();
-        Some(Supervisor::spawn(&command)?)
+        App::Child(Supervisor::spawn(&command)?)
     };
 
-    let proxy = Proxy::new(
-        &proxy::ProxyOptions {
-            client: upstream::ClientOptions {
-                target: match &config.upstream {
-                    UpstreamAddr::Tcp { authority, .. } => upstream::Target::Tcp(authority.as_str().into()),
-                    UpstreamAddr::Unix(path) => upstream::Target::Unix(path.clone()),
-                },
-                http2: config.upstream_protocol == UpstreamProtocol::Http2,
-                connect_timeout: config.upstream_connect_timeout,
-                pool_idle_timeout: config.upstream_pool_idle_timeout,
-                pool_max_idle: config.upstream_pool_max_idle,
-            },
-            request_timeout: config.request_timeout,
-            via: config.via,
-            scheme: "http",
+    let client_options = upstream::ClientOptions {
+        target: match &config.upstream {
+            UpstreamAddr::Tcp { authority, .. } => upstream::Target::Tcp(authority.as_str().into()),
+            UpstreamAddr::Unix(path) => upstream::Target::Unix(path.clone()),
         },
+        http2: config.upstream_protocol == UpstreamProtocol::Http2,
+        connect_timeout: config.upstream_connect_timeout,
+        pool_idle_timeout: config.upstream_pool_idle_timeout,
+        pool_max_idle: config.upstream_pool_max_idle,
+        buffer: config.buffer.map(|(max, timeout)| upstream::BufferOptions { max, timeout }),
+    };
+    let health = Health::new(config.app_health_failures, config.app_health_successes);
+    let connector = upstream::Connector::new(&client_options, health.clone());
+    tokio::spawn(health::run_checks(
+        health.clone(),
+        connector.clone(),
+        match &config.upstream {
+            UpstreamAddr::Tcp { authority, .. } => authority.to_string(),
+            UpstreamAddr::Unix(_) => "localhost".to_owned(),
+        },
+        health::CheckOptions {
+            check: match &config.app_health {
+                AppHealthCheck::Tcp => health::Check::Connect,
+                AppHealthCheck::HttpPath(path) => health::Check::Http(path.clone()),
+            },
+            interval: config.app_health_interval,
+            failures: config.app_health_failures,
+            successes: config.app_health_successes,
+            timeout: config.upstream_connect_timeout.max(std::time::Duration::from_secs(1)),
+        },
+    ));
+
+    let proxy = Proxy::new(
+        &proxy::ProxyOptions { client: client_options, request_timeout: config.request_timeout, via: config.via, scheme: "http" },
+        connector,
         connections.clone(),
     );
     let options = ServerOptions { header_read_timeout: config.header_read_timeout, max_header_bytes: config.max_header_bytes };
@@ -150,22 +177,31 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
 
     // The admin listener outlives the drain: probes must keep answering
     // (with 503) until the process exits. Its phase never leaves `Serve`.
-    let (_admin_phase_tx, admin_phase) = watch::channel(Phase::Serve);
-    let admin_state = admin::AdminState { phase };
-    tokio::spawn(server::serve("admin", admin_listener, options, admin_phase, TaskTracker::new(), move |_| {
-        admin::service(admin_state.clone())
+    let (admin_phase_tx, admin_phase) = watch::channel(Phase::Serve);
+    let admin_state = admin::AdminState {
+        phase,
+        health,
+        drain_request: std::sync::Arc::new(drain_request),
+        drained,
+        token: config.admin_token.as_deref().map(Into::into),
+    };
+    tokio::spawn(server::serve("admin", admin_listener, options, admin_phase, TaskTracker::new(), move |conn| {
+        admin::service(admin_state.clone(), conn.remote)
     }));
 
     info!(
         listen = %listen_addr,
         admin = %admin_addr,
         upstream = %config.upstream,
-        mode = if app.is_some() { "wrap" } else { "sidecar" },
+        mode = match app {
+            App::Child(_) => "wrap",
+            _ => "sidecar",
+        },
         version = env!("CARGO_PKG_VERSION"),
         "outrider started"
     );
     let code = lifecycle.run(app).await;
-    drop(_admin_phase_tx);
+    drop(admin_phase_tx);
     info!(exit_code = code, "outrider stopped");
     Ok(code)
 }

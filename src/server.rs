@@ -1,16 +1,33 @@
 //! Accepts connections and serves them with hyper, following a [`Phase`]
 //! signal so that the caller can drain them in steps.
 //!
-//! Each connection drains itself: its task watches the phase and, when the
-//! process starts draining, asks hyper to finish the request in flight and
-//! close (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2). Connections
-//! accepted *while* draining are still served, because endpoint removal in
-//! Kubernetes takes seconds to propagate and those clients did nothing
-//! wrong; they just do not get keep-alive.
+//! Each connection drains itself. When the process starts draining:
+//! * HTTP/2 connections get a GOAWAY: the client finishes its open streams
+//!   and opens new ones elsewhere, with no race.
+//! * HTTP/1.1 connections are *not* closed while idle: a client may be
+//!   writing its next request into that socket at that very moment, and it
+//!   would be lost. Instead every response carries `Connection: close`, so
+//!   each client leaves after its next exchange. Idle ones are closed when
+//!   the listener closes (`Phase::Close`), after the drain delay.
+//! Connections accepted *while* draining are still served, because endpoint
+//! removal in Kubernetes takes seconds to propagate and those clients did
+//! nothing wrong; they just do not get keep-alive.
 
-use std::{convert::Infallible, io, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, Version, header::CONNECTION};
 use hyper::body::{Body, Incoming};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -67,9 +84,15 @@ pub async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = build(&options, true);
-    // Connections accepted during the drain get one response each.
-    let builder_no_keepalive = build(&options, false);
+    let builder = build(&options);
+    // Read once per request by every connection: a process-lifetime flag,
+    // leaked so that requests need no reference count to reach it.
+    let draining: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let mut watch_phase = phase.clone();
+    tokio::spawn(async move {
+        reached(&mut watch_phase, Phase::Drain).await;
+        draining.store(true, Ordering::Relaxed);
+    });
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -94,25 +117,39 @@ pub async fn serve<M, S, B>(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(remote);
-        let service = TowerToHyperService::new(make_service(ConnInfo { remote, local }));
-        let accepted_in = *phase.borrow();
-        let builder = if accepted_in == Phase::Serve { builder.clone() } else { builder_no_keepalive.clone() };
+        let is_h2 = Arc::new(AtomicBool::new(false));
+        let service = DrainAware { inner: make_service(ConnInfo { remote, local }), draining, is_h2: is_h2.clone() };
+        let service = TowerToHyperService::new(service);
+        let builder = builder.clone();
         let mut phase = phase.clone();
         let span = info_span!("conn", listener = name, peer = %remote);
         tracker.spawn(
             async move {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                // The phase at which this connection must start closing:
-                // connections from before the drain close at `Drain`,
-                // those accepted during it (already without keep-alive) at
-                // `Close`, once no new requests can be expected on them.
-                let close_at = if accepted_in == Phase::Serve { Phase::Drain } else { Phase::Close };
                 let result = tokio::select! {
                     result = conn.as_mut() => result,
-                    () = reached(&mut phase, close_at) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                    () = reached(&mut phase, Phase::Drain) => {
+                        // Until the listener closes, only HTTP/2 is told to
+                        // go (GOAWAY); HTTP/1.1 leaves via `Connection: close`.
+                        // A connection may reveal itself as HTTP/2 later.
+                        let mut goaway_sent = false;
+                        loop {
+                            if !goaway_sent && is_h2.load(Ordering::Relaxed) {
+                                conn.as_mut().graceful_shutdown();
+                                goaway_sent = true;
+                            }
+                            tokio::select! {
+                                result = conn.as_mut() => break result,
+                                () = reached(&mut phase, Phase::Close) => {
+                                    if !goaway_sent {
+                                        conn.as_mut().graceful_shutdown();
+                                    }
+                                    break conn.await;
+                                }
+                                () = tokio::time::sleep(Duration::from_millis(50)), if !goaway_sent => {}
+                            }
+                        }
                     }
                 };
                 if let Err(e) = result {
@@ -131,7 +168,7 @@ async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
     let _ = phase.wait_for(|p| *p >= target).await;
 }
 
-fn build(options: &ServerOptions, keep_alive: bool) -> auto::Builder<TokioExecutor> {
+fn build(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -140,7 +177,6 @@ fn build(options: &ServerOptions, keep_alive: bool) -> auto::Builder<TokioExecut
         .header_read_timeout(options.header_read_timeout)
         // Bounds the request head; hyper answers 431 past it.
         .max_buf_size(options.max_header_bytes)
-        .keep_alive(keep_alive)
         // Small responses dominate proxy traffic; one copy beats writev.
         .writev(false);
     builder
@@ -156,4 +192,64 @@ fn build(options: &ServerOptions, keep_alive: bool) -> auto::Builder<TokioExecut
 /// Errors that concern one failed handshake, not the listener.
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// Adds `Connection: close` to HTTP/1 responses once the process drains,
+/// and notes when a connection turns out to be HTTP/2.
+#[derive(Clone)]
+struct DrainAware<S> {
+    inner: S,
+    draining: &'static AtomicBool,
+    is_h2: Arc<AtomicBool>,
+}
+
+// === impl DrainAware ===
+
+impl<S, B> tower::Service<Request<Incoming>> for DrainAware<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = DrainAwareFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 {
+            self.is_h2.store(true, Ordering::Relaxed);
+        }
+        DrainAwareFuture { inner: self.inner.call(req), close: http1.then_some(self.draining) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`DrainAware`].
+    pub struct DrainAwareFuture<F> {
+        #[pin]
+        inner: F,
+        close: Option<&'static AtomicBool>,
+    }
+}
+
+impl<F, B, E> Future for DrainAwareFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        // Checked at response time: a request that began before the drain
+        // and ends during it still tells its client to go. An upgrade
+        // response keeps its own `Connection: upgrade`.
+        if this.close.is_some_and(|d| d.load(Ordering::Relaxed)) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
+    }
 }

@@ -6,7 +6,9 @@
 //!
 //! The child gets its own process group. A terminal's Ctrl-C then reaches
 //! only outrider, which decides when the app hears it; otherwise the app
-//! would die at once while outrider still drains traffic to it.
+//! would die at once while outrider still drains traffic to it. Signals go
+//! to that whole group (as dumb-init does by default), so an app started
+//! through a shell script that does not `exec` still hears its SIGTERM.
 
 use std::{
     io,
@@ -18,7 +20,7 @@ use futures_util::StreamExt;
 use nix::{
     errno::Errno,
     sys::{
-        signal::{Signal, kill},
+        signal::{Signal, kill, killpg},
         wait::{WaitPidFlag, WaitStatus, waitpid},
     },
     unistd::Pid,
@@ -115,8 +117,10 @@ impl Supervisor {
         if self.exit.borrow().is_some() {
             return;
         }
-        match kill(self.pid, signal) {
-            Ok(()) => debug!(pid = self.pid.as_raw(), %signal, "forwarded signal to app"),
+        // The group id is the child's pid (`process_group(0)`); if the
+        // group is gone but the child is not, signal the child alone.
+        match killpg(self.pid, signal).or_else(|_| kill(self.pid, signal)) {
+            Ok(()) => debug!(pid = self.pid.as_raw(), %signal, "forwarded signal to app's process group"),
             Err(e) => warn!(pid = self.pid.as_raw(), %signal, error = %e, "cannot signal app"),
         }
     }
@@ -175,4 +179,68 @@ fn reap_all(app: Pid, tx: &watch::Sender<Option<i32>>) {
             }
         }
     }
+}
+
+/// An app this process did not start, visible through a shared process
+/// namespace (pod mode with `shareProcessNamespace: true`).
+#[derive(Debug, Clone)]
+pub enum External {
+    /// Found by executable name (`/proc/PID/comm` or argv[0]'s file name).
+    Name(String),
+    /// PID read from a file the app writes.
+    PidFile(std::path::PathBuf),
+}
+
+impl External {
+    /// Finds the app's PID now; `None` if it is not running.
+    pub fn find(&self) -> Option<i32> {
+        match self {
+            Self::PidFile(path) => std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|pid| alive(*pid)),
+            Self::Name(name) => {
+                let me = std::process::id();
+                std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+                    let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                    if pid == me {
+                        return None;
+                    }
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+                    let argv0 = std::path::Path::new(std::ffi::OsStr::new(std::str::from_utf8(argv0).unwrap_or_default()));
+                    let matches = comm.trim() == name || argv0.file_name().is_some_and(|f| f == name.as_str());
+                    matches.then(|| i32::try_from(pid).ok()).flatten()
+                })
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`. Returns once it is gone.
+    pub async fn stop(&self, timeout: std::time::Duration) {
+        let Some(pid) = self.find() else {
+            info!(app = ?self, "app process not found; nothing to stop");
+            return;
+        };
+        info!(pid, ?timeout, "sending SIGTERM to app process");
+        if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGTERM) {
+            warn!(pid, error = %e, "cannot signal app process");
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while alive(pid) {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(pid, "app process did not stop in time; sending SIGKILL");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
 }

@@ -178,7 +178,8 @@ async fn trailers_and_expect_continue_pass_through() {
 async fn app_down_gives_502_with_a_reason() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let proxy = outrider(&format!("http://127.0.0.1:{port}")).start().await;
+    // With buffering off, a refused connection is answered at once.
+    let proxy = outrider(&format!("http://127.0.0.1:{port}")).env("OUTRIDER_BUFFER_TIMEOUT", "0").start().await;
     let started = Instant::now();
     let (status, headers, body) = get(&proxy.url("/")).await.unwrap();
     assert_eq!(status, 502);

@@ -26,6 +26,9 @@ pub enum ProxyError {
     ClientAborted,
     /// The request cannot be proxied (e.g. `CONNECT`).
     MethodNotAllowed,
+    /// The app is away and the request could not be held (buffer full, or
+    /// held past the buffer timeout).
+    Unavailable,
 }
 
 impl ProxyError {
@@ -38,6 +41,7 @@ impl ProxyError {
                 return match c {
                     ConnectError::Timeout { .. } => Self::ConnectTimeout,
                     ConnectError::Io { .. } => Self::ConnectRefused,
+                    ConnectError::BufferFull { .. } | ConnectError::BufferTimeout { .. } => Self::Unavailable,
                 };
             }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
@@ -74,6 +78,7 @@ impl ProxyError {
             Self::ConnectTimeout | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientAborted => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -86,6 +91,7 @@ impl ProxyError {
             Self::Protocol => "protocol",
             Self::ClientAborted => "client_aborted",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -98,6 +104,7 @@ impl ProxyError {
             Self::Protocol => "502 Bad Gateway: the app sent an invalid HTTP response\n",
             Self::ClientAborted => "400 Bad Request: the request body ended abnormally\n",
             Self::MethodNotAllowed => "405 Method Not Allowed: CONNECT is not supported by this reverse proxy\n",
+            Self::Unavailable => "503 Service Unavailable: the app is not accepting connections; retry later\n",
         }
     }
 
@@ -108,6 +115,9 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self == Self::Unavailable {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self == Self::MethodNotAllowed {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"));
         }

@@ -71,8 +71,8 @@ struct Inner {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Builds the proxy. `tasks` tracks upgraded connections.
-    pub fn new(options: &ProxyOptions, tasks: TaskTracker) -> Self {
+    /// Builds the proxy on `connector`. `tasks` tracks upgraded connections.
+    pub fn new(options: &ProxyOptions, connector: upstream::Connector, tasks: TaskTracker) -> Self {
         let upstream_authority = match &options.client.target {
             upstream::Target::Tcp(addr) => addr.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
             // The connector ignores the URI for Unix sockets; the authority
@@ -81,7 +81,7 @@ impl Proxy {
         };
         Self {
             inner: Arc::new(Inner {
-                client: upstream::client(&options.client),
+                client: upstream::client(&options.client, connector),
                 upstream_scheme: Scheme::HTTP,
                 upstream_authority,
                 upstream_version: if options.client.http2 { Version::HTTP_2 } else { Version::HTTP_11 },

@@ -5,7 +5,10 @@ use std::{
     io,
     path::PathBuf,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -19,7 +22,13 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use tokio::net::{TcpStream, UnixStream};
+use tokio::{
+    net::{TcpStream, UnixStream},
+    time::Instant,
+};
+use tracing::{debug, info};
+
+use crate::health::Health;
 
 /// Where and how to reach the app.
 #[derive(Debug, Clone)]
@@ -37,14 +46,24 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// Hold requests while the app refuses connections; `None` fails at once.
+    pub buffer: Option<BufferOptions>,
+}
+
+/// Bounds on requests held while the app is away.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferOptions {
+    /// Requests held at once; more get 503 at once.
+    pub max: usize,
+    /// How long one request is held before it gets 503.
+    pub timeout: Duration,
 }
 
 /// The client type the proxy uses.
 pub type UpstreamClient = Client<Connector, Incoming>;
 
-/// Builds the pooled client.
-pub fn client(options: &ClientOptions) -> UpstreamClient {
-    let connector = Connector { target: options.target.clone(), timeout: options.connect_timeout };
+/// Builds the pooled client around `connector`.
+pub fn client(options: &ClientOptions, connector: Connector) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
@@ -60,10 +79,22 @@ pub fn client(options: &ClientOptions) -> UpstreamClient {
 
 /// Connects to the configured app whatever the request URI says, so the
 /// pool has exactly one key and a client cannot steer connections.
-#[derive(Debug, Clone)]
+///
+/// It is also where requests wait while the app is away: a connection that
+/// is refused is retried until the app accepts or the buffer timeout runs
+/// out. Nothing of the request has been sent at that point, so the retry is
+/// invisible to the client and safe for any method.
+#[derive(Clone)]
 pub struct Connector {
     target: Target,
     timeout: Duration,
+    buffer: Option<BufferOptions>,
+    health: Health,
+    /// Requests currently held (the `outrider_buffered_requests` gauge).
+    held: Arc<AtomicUsize>,
+    /// Set when a held request gave up; until the app is healthy again,
+    /// new requests fail at once instead of piling up for the full timeout.
+    fail_fast: Arc<AtomicBool>,
 }
 
 /// Why a connection to the app could not be made.
@@ -77,19 +108,144 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    #[error("app unavailable and {max} requests already waiting for it")]
+    BufferFull { max: usize },
+    #[error("app did not accept connections within {waited:?}")]
+    BufferTimeout { waited: Duration },
 }
 
 impl ConnectError {
-    /// The io error kind, when there is one (refused, unreachable, ...).
-    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+    /// A short reason for `/readyz` and logs.
+    pub fn short(&self) -> String {
         match self {
-            Self::Timeout { .. } => None,
-            Self::Io { source, .. } => Some(source.kind()),
+            Self::Timeout { .. } => "connect timeout".into(),
+            Self::Io { source, .. } => match source.kind() {
+                io::ErrorKind::ConnectionRefused => "connect refused".into(),
+                io::ErrorKind::NotFound => "socket not found".into(),
+                _ => format!("connect failed: {source}"),
+            },
+            Self::BufferFull { .. } | Self::BufferTimeout { .. } => "app unavailable".into(),
         }
+    }
+
+    /// The app is not listening (yet): worth waiting for.
+    fn is_refused(&self) -> bool {
+        matches!(self, Self::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound))
     }
 }
 
 // === impl Connector ===
+
+impl Connector {
+    pub fn new(options: &ClientOptions, health: Health) -> Self {
+        Self {
+            target: options.target.clone(),
+            timeout: options.connect_timeout,
+            buffer: options.buffer,
+            health,
+            held: Arc::new(AtomicUsize::new(0)),
+            fail_fast: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Requests currently held while the app is away.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// One connection attempt, bounded by the connect timeout.
+    ///
+    /// # Errors
+    /// The app refused, was unreachable, or did not answer in time.
+    pub async fn connect_once(&self) -> Result<UpstreamIo, ConnectError> {
+        let describe = || match &self.target {
+            Target::Tcp(addr) => addr.to_string(),
+            Target::Unix(path) => format!("unix:{}", path.display()),
+        };
+        let connect = async {
+            match &self.target {
+                Target::Tcp(addr) => {
+                    let stream = TcpStream::connect(&**addr).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(UpstreamIo::Tcp(TokioIo::new(stream)))
+                }
+                Target::Unix(path) => Ok(UpstreamIo::Unix(TokioIo::new(UnixStream::connect(path).await?))),
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(io)) => Ok(io),
+            Ok(Err(source)) => Err(ConnectError::Io { target: describe(), source }),
+            Err(_) => Err(ConnectError::Timeout { target: describe(), timeout: self.timeout }),
+        };
+        match &result {
+            Ok(_) => {
+                self.health.success();
+                self.fail_fast.store(false, Ordering::Relaxed);
+            }
+            Err(e) => self.health.failure(&e.short()),
+        }
+        result
+    }
+
+    /// Connects, holding the caller while the app refuses connections.
+    async fn connect(self) -> Result<UpstreamIo, ConnectError> {
+        let first = match self.connect_once().await {
+            Ok(io) => return Ok(io),
+            Err(e) => e,
+        };
+        let Some(buffer) = self.buffer.filter(|_| first.is_refused()) else { return Err(first) };
+        if self.fail_fast.load(Ordering::Relaxed) && !self.health.is_healthy() {
+            return Err(ConnectError::BufferTimeout { waited: Duration::ZERO });
+        }
+        let Some(_slot) = HeldSlot::take(&self.held, buffer.max) else {
+            return Err(ConnectError::BufferFull { max: buffer.max });
+        };
+        let started = Instant::now();
+        let deadline = started + buffer.timeout;
+        let mut health = self.health.subscribe();
+        let mut backoff = Duration::from_millis(10);
+        debug!("app refused the connection; holding the request until it accepts");
+        loop {
+            // Wake on a verdict change (the checker saw the app come up)
+            // or after a short backoff, whichever is first.
+            let wait = tokio::time::sleep_until(deadline.min(Instant::now() + backoff));
+            tokio::select! {
+                () = wait => {}
+                _ = health.changed() => {}
+            }
+            if Instant::now() >= deadline {
+                if !self.fail_fast.swap(true, Ordering::Relaxed) {
+                    info!(waited = ?buffer.timeout, "app did not come back within the buffer timeout; failing fast until it does");
+                }
+                return Err(ConnectError::BufferTimeout { waited: buffer.timeout });
+            }
+            match self.connect_once().await {
+                Ok(io) => {
+                    debug!(held_for = ?started.elapsed(), "app accepted; sending the held request");
+                    return Ok(io);
+                }
+                Err(e) if e.is_refused() => backoff = (backoff * 2).min(Duration::from_millis(200)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One place in the bounded buffer, released on drop.
+struct HeldSlot<'a>(&'a AtomicUsize);
+
+impl<'a> HeldSlot<'a> {
+    fn take(held: &'a AtomicUsize, max: usize) -> Option<Self> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok().map(|_| Self(held))
+    }
+}
+
+impl Drop for HeldSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl tower::Service<Uri> for Connector {
     type Response = UpstreamIo;
@@ -101,30 +257,8 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let target = self.target.clone();
-        let timeout = self.timeout;
         // Boxed: runs once per new connection, not per request.
-        Box::pin(async move {
-            let describe = || match &target {
-                Target::Tcp(addr) => addr.to_string(),
-                Target::Unix(path) => format!("unix:{}", path.display()),
-            };
-            let connect = async {
-                match &target {
-                    Target::Tcp(addr) => {
-                        let stream = TcpStream::connect(&**addr).await?;
-                        stream.set_nodelay(true)?;
-                        Ok(UpstreamIo::Tcp(TokioIo::new(stream)))
-                    }
-                    Target::Unix(path) => Ok(UpstreamIo::Unix(TokioIo::new(UnixStream::connect(path).await?))),
-                }
-            };
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(io)) => Ok(io),
-                Ok(Err(source)) => Err(ConnectError::Io { target: describe(), source }),
-                Err(_) => Err(ConnectError::Timeout { target: describe(), timeout }),
-            }
-        })
+        Box::pin(self.clone().connect())
     }
 }
 

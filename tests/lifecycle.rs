@@ -1,0 +1,382 @@
+//! Probes, buffering while the app is away, and the SIGTERM drain, against
+//! a real legacy app process (tests/fixtures/legacy_app.py).
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+use http::Request;
+use nix::sys::signal::Signal;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/legacy_app.py");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn temp_file(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::env::temp_dir().join(format!("outrider-{name}-{}-{nanos}", std::process::id()))
+}
+
+/// One line of the app's event log.
+#[derive(Debug)]
+struct Event {
+    kind: String,
+    at: f64,
+}
+
+fn app_events(log: &PathBuf) -> Vec<Event> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some(Event { kind: f.next()?.to_owned(), at: f.next()?.parse().ok()? })
+        })
+        .collect()
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A tiny deterministic PRNG, so load patterns repeat run to run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+async fn status_of(url: &str) -> u16 {
+    get(url).await.map(|r| r.0).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_loses_nothing_and_stops_the_app_last() {
+    let port = free_port();
+    let log = temp_file("drain-app.log");
+    let proxy = outrider(&format!("http://127.0.0.1:{port}"))
+        .env("OUTRIDER_DRAIN_DELAY", "2s")
+        .env("OUTRIDER_DRAIN_TIMEOUT", "15s")
+        .args(["--", "python3", FIXTURE, "--port", &port.to_string(), "--log", log.to_str().unwrap(), "--term-exit", "0"])
+        .start()
+        .await;
+    let readyz = proxy.admin_url("/readyz");
+    eventually("readiness", || {
+        let url = readyz.clone();
+        async move { (status_of(&url).await == 200).then_some(()) }
+    })
+    .await;
+
+    let sigterm_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let new_conn_ok_during_drain = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+
+    // Keep-alive clients: a shared pooled client, as a service mesh peer.
+    let keep_alive = client();
+    for w in 0..12u64 {
+        let (keep_alive, stop, failures, ok, url) = (keep_alive.clone(), stop.clone(), failures.clone(), ok.clone(), proxy.url(""));
+        workers.push(tokio::spawn(async move {
+            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
+            while !stop.load(SeqCst) {
+                // Mostly quick requests, one in ten up to a second long.
+                let ms = if rng.next() % 10 == 0 { 200 + rng.next() % 800 } else { rng.next() % 10 };
+                let req = Request::get(format!("{url}/sleep?ms={ms}")).body(full("")).unwrap();
+                match send(&keep_alive, req).await {
+                    Ok((200, _, body)) if body == "legacy" => {
+                        ok.fetch_add(1, SeqCst);
+                    }
+                    other => failures.lock().unwrap().push(format!("keep-alive: {other:?}")),
+                }
+            }
+        }));
+    }
+    // New-connection clients: one TCP connection per request.
+    for w in 0..4u64 {
+        let (stop, failures, ok, during, sigterm_at, addr) =
+            (stop.clone(), failures.clone(), ok.clone(), new_conn_ok_during_drain.clone(), sigterm_at.clone(), proxy.listen);
+        workers.push(tokio::spawn(async move {
+            let mut rng = XorShift(0xD1B5_4A32_D192_ED03 ^ (w + 1));
+            while !stop.load(SeqCst) {
+                let ms = rng.next() % 20;
+                let started = Instant::now();
+                let response = raw(addr, format!("GET /sleep?ms={ms} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await;
+                if response.starts_with("HTTP/1.1 200") && response.ends_with("legacy") {
+                    ok.fetch_add(1, SeqCst);
+                    if sigterm_at.lock().unwrap().is_some_and(|t| started > t) {
+                        during.fetch_add(1, SeqCst);
+                    }
+                } else {
+                    failures.lock().unwrap().push(format!("new connection: {response:?}"));
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = ok.load(SeqCst);
+    assert!(before > 100, "load too light to mean anything: {before} requests in 1.5s");
+    let signalled = Instant::now();
+    *sigterm_at.lock().unwrap() = Some(signalled);
+    proxy.signal(Signal::SIGTERM);
+
+    // Readiness must fail at once, while traffic is still flowing.
+    let readyz = proxy.admin_url("/readyz");
+    loop {
+        if status_of(&readyz).await == 503 {
+            break;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(1), "/readyz still 200 a second after SIGTERM");
+    }
+    let readyz_flipped = signalled.elapsed();
+
+    // Clients keep coming while endpoint removal "propagates", then stop
+    // before the listener closes (2 s), as they would once removed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    stop.store(true, SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let last_response_at = now_unix();
+    let code = proxy.wait().await;
+
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} failed requests, first: {:?}", failures.len(), failures.first());
+    assert!(readyz_flipped < Duration::from_millis(100), "/readyz took {readyz_flipped:?} to fail");
+    assert!(new_conn_ok_during_drain.load(SeqCst) > 0, "no new connection was served during the drain delay");
+    assert_eq!(code.code(), Some(0), "outrider's exit code is the app's");
+
+    let events = app_events(&log);
+    let sigterm = events.iter().find(|e| e.kind == "sigterm").expect("the app never got SIGTERM");
+    let last_end = events.iter().filter(|e| e.kind == "end").map(|e| e.at).fold(0.0, f64::max);
+    let begins = events.iter().filter(|e| e.kind == "begin").count();
+    let ends = events.iter().filter(|e| e.kind == "end").count();
+    assert!(sigterm.at > last_end, "the app got SIGTERM {:.3}s before its last response", last_end - sigterm.at);
+    assert!(sigterm.at <= last_response_at + 5.0);
+    assert_eq!(begins, ends, "the app began {begins} requests but finished {ends}");
+    assert_eq!(ends, ok.load(SeqCst), "every response the clients got was one the app finished");
+    let _ = std::fs::remove_file(log);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_sent_before_the_app_listens_are_held_not_failed() {
+    let port = free_port();
+    let log = temp_file("late-app.log");
+    let proxy = outrider(&format!("http://127.0.0.1:{port}"))
+        .args(["--", "python3", FIXTURE, "--port", &port.to_string(), "--log", log.to_str().unwrap(), "--delay-start", "2"])
+        .start()
+        .await;
+    let t0 = Instant::now();
+    assert_eq!(status_of(&proxy.admin_url("/startupz")).await, 503);
+    let (status, _, body) = get(&proxy.admin_url("/readyz")).await.unwrap();
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).starts_with("app not ready: connect refused"), "{body:?}");
+
+    // Requests from t=0, spread over the app's start-up.
+    let mut requests = Vec::new();
+    for i in 0..20u64 {
+        let url = proxy.url(&format!("/sleep?ms={i}"));
+        requests.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 150)).await;
+            get(&url).await.map(|r| r.0)
+        }));
+    }
+    // The probes flip when the app is up, not before and not much after.
+    let startupz = proxy.admin_url("/startupz");
+    eventually("/startupz", || {
+        let url = startupz.clone();
+        async move { (status_of(&url).await == 200).then_some(()) }
+    })
+    .await;
+    let flipped = t0.elapsed();
+    assert_eq!(status_of(&proxy.admin_url("/readyz")).await, 200);
+    let started = app_events(&log).iter().find(|e| e.kind == "start").map(|e| e.at).expect("app start not logged");
+    let lag = now_unix() - started;
+    assert!(flipped >= Duration::from_millis(1500), "/startupz passed before the app listened ({flipped:?})");
+    assert!(lag < 1.0, "/startupz passed {lag:.3}s after the app started listening");
+
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap(), 200, "a request sent during start-up failed");
+    }
+    let _ = std::fs::remove_file(log);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_app_restarted_within_the_buffer_timeout_costs_no_request() {
+    let port = free_port();
+    let log = temp_file("crash-app.log");
+    // A restart loop stands in for a supervisor inside the app's container.
+    let script = format!("while :; do python3 {FIXTURE} --port {port} --log {}; sleep 1; done", log.display());
+    let proxy = outrider(&format!("http://127.0.0.1:{port}")).args(["--", "sh", "-c", &script]).start().await;
+    let readyz = proxy.admin_url("/readyz");
+    eventually("readiness", || {
+        let url = readyz.clone();
+        async move { (status_of(&url).await == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(get(&proxy.url("/")).await.unwrap().0, 200);
+
+    // Kill the app between requests, as a crash would.
+    let pid = find_app_pid(port).expect("app pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    eventually("the app's port to close", || async move { std::net::TcpStream::connect(("127.0.0.1", port)).is_err().then_some(()) }).await;
+
+    // While it is down, requests are held and then served by the new app.
+    let mut requests = Vec::new();
+    for i in 0..10 {
+        let url = proxy.url(&format!("/after-crash/{i}"));
+        requests.push(tokio::spawn(async move { get(&url).await.map(|r| r.0) }));
+    }
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap(), 200, "a request during the restart failed");
+    }
+    let starts = app_events(&log).iter().filter(|e| e.kind == "start").count();
+    assert_eq!(starts, 2, "the app should have been started twice");
+    let _ = std::fs::remove_file(log);
+}
+
+/// The PID of the python process listening on `port`, from its cmdline.
+fn find_app_pid(port: u16) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let program = cmdline.split_whitespace().next()?;
+        (program.ends_with("python3") && cmdline.contains("legacy_app.py") && cmdline.contains(&format!("--port {port} "))).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_buffer_is_bounded_in_count_time_and_memory() {
+    let port = free_port();
+    let proxy =
+        outrider(&format!("http://127.0.0.1:{port}")).env("OUTRIDER_BUFFER_MAX", "4").env("OUTRIDER_BUFFER_TIMEOUT", "1s").start().await;
+    let rss_before = proxy.peak_rss_kib();
+
+    // Four requests fill the buffer and wait...
+    let t0 = Instant::now();
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let url = proxy.url("/held");
+            tokio::spawn(async move { get(&url).await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and everything past the bound is refused at once.
+    for _ in 0..200 {
+        let started = Instant::now();
+        let (status, headers, _) = get(&proxy.url("/excess")).await.unwrap();
+        assert_eq!(status, 503);
+        assert_eq!(headers["retry-after"], "1");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    for h in held {
+        let (status, headers, body) = h.await.unwrap();
+        assert_eq!(status, 503, "{body:?}");
+        assert_eq!(headers["retry-after"], "1");
+    }
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "held for {waited:?}");
+
+    // Having given up once, outrider fails fast until the app is back...
+    let started = Instant::now();
+    assert_eq!(get(&proxy.url("/")).await.unwrap().0, 503);
+    assert!(started.elapsed() < Duration::from_millis(500), "fail-fast took {:?}", started.elapsed());
+    let grown = proxy.peak_rss_kib().saturating_sub(rss_before);
+    assert!(grown < 8 * 1024, "RSS grew by {grown} KiB for 204 refused requests");
+
+    // ...and serves again as soon as it is.
+    let app = App::serve(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap()).await;
+    let url = proxy.url("/back");
+    eventually("the app to be used again", || {
+        let url = url.clone();
+        async move { (status_of(&url).await == 200).then_some(()) }
+    })
+    .await;
+    assert!(app.count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_endpoint_blocks_until_in_flight_requests_finish() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_DRAIN_DELAY", "300ms").start().await;
+    let readyz = proxy.admin_url("/readyz");
+    eventually("readiness", || {
+        let url = readyz.clone();
+        async move { (status_of(&url).await == 200).then_some(()) }
+    })
+    .await;
+    let slow_url = proxy.url("/slow/1500");
+    let slow = tokio::spawn(async move {
+        let r = get(&slow_url).await.unwrap();
+        (r.0, Instant::now())
+    });
+    eventually("the slow request to reach the app", || {
+        let n = app.count();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+
+    let (status, _, body) = send(&client(), Request::post(proxy.admin_url("/drain")).body(full("")).unwrap()).await.unwrap();
+    let drained_at = Instant::now();
+    assert_eq!((status, &body[..]), (200, &b"drained\n"[..]));
+    let (slow_status, slow_done) = slow.await.unwrap();
+    assert_eq!(slow_status, 200, "the in-flight request was cut");
+    assert!(drained_at >= slow_done, "/drain answered before the in-flight request finished");
+    assert_eq!(status_of(&readyz).await, 503);
+
+    // Pod mode: still alive (a native sidecar must not exit on its own),
+    // until its own SIGTERM, which then ends it promptly.
+    assert!(proxy.child_running());
+    let signalled = Instant::now();
+    proxy.signal(Signal::SIGTERM);
+    assert_eq!(proxy.wait().await.code(), Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_skips_the_drain() {
+    let port = free_port();
+    let log = temp_file("fast-app.log");
+    let proxy = outrider(&format!("http://127.0.0.1:{port}"))
+        .env("OUTRIDER_DRAIN_DELAY", "10s")
+        .env("OUTRIDER_DRAIN_TIMEOUT", "20s")
+        .args(["--", "python3", FIXTURE, "--port", &port.to_string(), "--log", log.to_str().unwrap(), "--term-exit", "9"])
+        .start()
+        .await;
+    let readyz = proxy.admin_url("/readyz");
+    eventually("readiness", || {
+        let url = readyz.clone();
+        async move { (status_of(&url).await == 200).then_some(()) }
+    })
+    .await;
+    proxy.signal(Signal::SIGTERM);
+    eventually("the drain to start", || {
+        let url = readyz.clone();
+        async move { (status_of(&url).await == 503).then_some(()) }
+    })
+    .await;
+    let t = Instant::now();
+    proxy.signal(Signal::SIGTERM);
+    assert_eq!(proxy.wait().await.code(), Some(9));
+    assert!(t.elapsed() < Duration::from_secs(3), "fast shutdown took {:?}", t.elapsed());
+    assert!(app_events(&log).iter().any(|e| e.kind == "sigterm"));
+    let _ = std::fs::remove_file(log);
+}
