@@ -9,6 +9,7 @@
 //!   outrider is not draining; else 503 with a one-line reason. `?verbose`
 //!   lists each check.
 //! * `GET /startupz`: 200 once the app has been healthy at least once.
+//! * `GET /metrics`: Prometheus text format 0.0.4.
 //! * `POST /drain` (or `GET`, for the kubelet's `httpGet` hooks, which cannot
 //!   POST): starts the drain and answers once in-flight requests are done.
 //!   Allowed from a loopback peer, or with `Authorization: Bearer <token>`
@@ -17,7 +18,15 @@
 //!
 //! Probe handlers answer from in-memory state only; they never call the app.
 
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -26,7 +35,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{health::Health, server::Phase};
+use crate::{health::Health, server::Phase, telemetry::metrics::Metrics};
 
 /// What the admin routes read and drive.
 #[derive(Clone)]
@@ -40,6 +49,9 @@ pub struct AdminState {
     pub drained: watch::Receiver<bool>,
     /// Bearer token for non-loopback `/drain` callers.
     pub token: Option<Arc<str>>,
+    pub metrics: &'static Metrics,
+    /// Requests held while the app is away.
+    pub held: Arc<AtomicUsize>,
 }
 
 /// The admin service for one connection from `peer`.
@@ -64,6 +76,7 @@ async fn route(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) ->
     match path {
         "/livez" | "/health" | "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" | "/ready" => readiness(state, req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"))),
+        "/metrics" => metrics(state),
         "/startupz" => {
             if state.health.status().started {
                 text(StatusCode::OK, "started\n")
@@ -97,6 +110,17 @@ fn readiness(state: &AdminState, verbose: bool) -> Response<Full<Bytes>> {
     }
     body.push_str(if ready { "readyz check passed\n" } else { "readyz check failed\n" });
     owned(status, body)
+}
+
+fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+    // Gauges that mirror state owned elsewhere are set at scrape time.
+    let m = state.metrics;
+    m.app_ready.set(i64::from(state.health.is_healthy()));
+    m.draining.set(i64::from(*state.phase.borrow() != Phase::Serve));
+    m.buffered_requests.set(i64::try_from(state.held.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    let mut response = respond(StatusCode::OK, Bytes::from(m.encode()));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }
 
 async fn drain(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -16,6 +16,8 @@ use figment::{
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::routes::Routes;
+
 /// Prefix of every environment variable outrider reads.
 pub const ENV_PREFIX: &str = "OUTRIDER_";
 
@@ -88,6 +90,14 @@ pub struct RawConfig {
     pub app_process: String,
     #[serde(deserialize_with = "lossy_string")]
     pub app_pidfile: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub routes: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub access_log: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub trace_query: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub trace_response: String,
 }
 
 impl Default for RawConfig {
@@ -118,6 +128,10 @@ impl Default for RawConfig {
             admin_token: String::new(),
             app_process: String::new(),
             app_pidfile: String::new(),
+            routes: String::new(),
+            access_log: "true".into(),
+            trace_query: "false".into(),
+            trace_response: "false".into(),
         }
     }
 }
@@ -151,6 +165,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("OUTRIDER_ADMIN_TOKEN", "Bearer token that lets a non-loopback caller use `/drain`."),
     ("OUTRIDER_APP_PROCESS", "Pod mode: name of the app process to stop after the drain (needs `shareProcessNamespace`)."),
     ("OUTRIDER_APP_PIDFILE", "Pod mode: file holding the app's PID, the alternative to `OUTRIDER_APP_PROCESS`."),
+    ("OUTRIDER_ROUTES", "Route templates for span names and the `http_route` label, e.g. `/users/{id},/orders/{id}/items`."),
+    ("OUTRIDER_ACCESS_LOG", "One log line per request (`true`/`false`)."),
+    ("OUTRIDER_TRACE_QUERY", "Record the query string as `url.query` on spans; it may hold secrets."),
+    ("OUTRIDER_TRACE_RESPONSE", "Send a W3C `traceresponse` header back to clients."),
 ];
 
 /// `(variable, default)` for every variable, defaults as a user writes them;
@@ -255,6 +273,16 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Pod mode: how to find the app process to stop after the drain.
     pub app_process: Option<AppProcess>,
+    /// Route templates: bounded span names and `http_route` values.
+    pub routes: Routes,
+    /// The raw list, for `--print-config`.
+    routes_text: String,
+    /// One access log line per request.
+    pub access_log: bool,
+    /// Record `url.query` on spans.
+    pub trace_query: bool,
+    /// Send `traceresponse` to clients.
+    pub trace_response: bool,
 }
 
 /// How the app's health is checked.
@@ -361,6 +389,11 @@ impl Config {
         })
     }
 
+    /// The route templates, in order.
+    pub fn routes_list(&self) -> Vec<&str> {
+        (0..self.routes.len()).map(|i| self.routes.template(i)).collect()
+    }
+
     /// The effective configuration as TOML, for `--print-config`.
     pub fn to_toml(&self) -> String {
         let dur = |d: Duration| humantime::format_duration(d).to_string();
@@ -423,6 +456,10 @@ impl Config {
         };
         line("app_process", process);
         line("app_pidfile", pidfile);
+        line("routes", self.routes_text.clone());
+        line("access_log", self.access_log.to_string());
+        line("trace_query", self.trace_query.to_string());
+        line("trace_response", self.trace_response.to_string());
         out
     }
 }
@@ -514,6 +551,11 @@ impl TryFrom<RawConfig> for Config {
                     ));
                 }
             },
+            routes: Routes::parse(&raw.routes).map_err(|e| invalid("OUTRIDER_ROUTES", &raw.routes, &e.to_string()))?,
+            routes_text: raw.routes.trim().to_owned(),
+            access_log: parse_bool("OUTRIDER_ACCESS_LOG", &raw.access_log)?,
+            trace_query: parse_bool("OUTRIDER_TRACE_QUERY", &raw.trace_query)?,
+            trace_response: parse_bool("OUTRIDER_TRACE_RESPONSE", &raw.trace_response)?,
         })
     }
 }

@@ -13,7 +13,9 @@
 //! * `health`: the app's health, from active checks and real traffic.
 //! * `lifecycle`: signals and the shutdown sequence.
 //! * `supervisor`: the wrapped child process: spawn, signal, reap, exit code.
-//! * `telemetry`: logging set-up.
+//! * `telemetry`: logs, the OpenTelemetry span per request, Prometheus
+//!   metrics, and the tower layer that records all three.
+//! * `body`: body wrappers shared by the request path and telemetry.
 //!
 //! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
 //! parameters and know nothing of `config` or `lifecycle`; `main.rs` wires.
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod health;
 pub mod lifecycle;

@@ -14,7 +14,12 @@ use outrider::{
     proxy::{self, Proxy, upstream},
     server::{self, Phase, ServerOptions},
     supervisor::{self, External, Supervisor},
-    telemetry,
+    telemetry::{
+        self,
+        metrics::Metrics,
+        observe::{ObserveOptions, Observer},
+        otel,
+    },
 };
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::task::TaskTracker;
@@ -93,6 +98,10 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match run(config, cli.command).await {
             Ok(code) => code,
+            Err(e) if e.is::<ConfigFailure>() => {
+                eprintln!("outrider: {e}");
+                i32::from(EX_CONFIG)
+            }
             Err(e) => {
                 error!("{e:#}");
                 e.downcast_ref::<supervisor::SpawnError>().map_or(1, |e| i32::from(e.exit_code()))
@@ -124,6 +133,34 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     let lifecycle =
         Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx).context("cannot install signal handlers")?;
 
+    // Telemetry before the app: a bad OTEL_* value must not leave it running.
+    let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new(
+        &config.routes_list(),
+        env!("CARGO_PKG_VERSION"),
+        option_env!("OUTRIDER_COMMIT").unwrap_or("unknown"),
+    )?));
+    let service_name = command
+        .first()
+        .and_then(|c| std::path::Path::new(c).file_name())
+        .map_or_else(|| "outrider".to_owned(), |n| n.to_string_lossy().into_owned());
+    let tracing = otel::Tracing::from_env(
+        &service_name,
+        otel::ExportCounters { exported: metrics.spans_exported.clone(), failed: metrics.spans_export_failed.clone() },
+    )
+    .map_err(|e| ConfigFailure(e.to_string()))?;
+    let traces_to = tracing.destination.clone();
+    let observer = Observer::new(
+        metrics,
+        tracing,
+        ObserveOptions {
+            routes: config.routes.clone(),
+            capture_query: config.trace_query,
+            trace_response: config.trace_response,
+            access_log: config.access_log,
+            scheme: "http",
+        },
+    );
+
     let app = if command.is_empty() {
         match &config.app_process {
             Some(AppProcess::Name(name)) => App::External(External::Name(name.clone())),
@@ -148,6 +185,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     };
     let health = Health::new(config.app_health_failures, config.app_health_successes);
     let connector = upstream::Connector::new(&client_options, health.clone());
+    let held = connector.held_counter();
     tokio::spawn(health::run_checks(
         health.clone(),
         connector.clone(),
@@ -168,12 +206,25 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     ));
 
     let proxy = Proxy::new(
-        &proxy::ProxyOptions { client: client_options, request_timeout: config.request_timeout, via: config.via, scheme: "http" },
+        &proxy::ProxyOptions {
+            client: client_options,
+            request_timeout: config.request_timeout,
+            via: config.via,
+            scheme: "http",
+            metrics: Some(metrics),
+        },
         connector,
         connections.clone(),
     );
-    let options = ServerOptions { header_read_timeout: config.header_read_timeout, max_header_bytes: config.max_header_bytes };
-    tokio::spawn(server::serve("proxy", listener, options.clone(), phase.clone(), connections.clone(), move |conn| proxy.service(conn)));
+    let admin_options =
+        ServerOptions { header_read_timeout: config.header_read_timeout, max_header_bytes: config.max_header_bytes, connections: None };
+    let options = ServerOptions {
+        connections: Some((metrics.connections_active.clone(), metrics.connections_total.clone())),
+        ..admin_options.clone()
+    };
+    tokio::spawn(server::serve("proxy", listener, options, phase.clone(), connections.clone(), move |conn| {
+        observer.layer(proxy.service(conn), conn)
+    }));
 
     // The admin listener outlives the drain: probes must keep answering
     // (with 503) until the process exits. Its phase never leaves `Serve`.
@@ -184,8 +235,10 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         drain_request: std::sync::Arc::new(drain_request),
         drained,
         token: config.admin_token.as_deref().map(Into::into),
+        metrics,
+        held,
     };
-    tokio::spawn(server::serve("admin", admin_listener, options, admin_phase, TaskTracker::new(), move |conn| {
+    tokio::spawn(server::serve("admin", admin_listener, admin_options, admin_phase, TaskTracker::new(), move |conn| {
         admin::service(admin_state.clone(), conn.remote)
     }));
 
@@ -198,10 +251,19 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
             _ => "sidecar",
         },
         version = env!("CARGO_PKG_VERSION"),
+        traces = %traces_to,
         "outrider started"
     );
     let code = lifecycle.run(app).await;
+    // Bounded: a collector that is down must not hold up the exit.
+    let _ = tokio::task::spawn_blocking(move || observer.shutdown(std::time::Duration::from_secs(3))).await;
     drop(admin_phase_tx);
     info!(exit_code = code, "outrider stopped");
     Ok(code)
 }
+
+/// A configuration error found after start-up began (e.g. an `OTEL_*`
+/// value, read where it is used): still exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConfigFailure(String);

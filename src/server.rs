@@ -61,6 +61,8 @@ pub struct ConnInfo {
 pub struct ServerOptions {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Open and total connection counters, if this listener is measured.
+    pub connections: Option<(prometheus::IntGauge, prometheus::IntCounter)>,
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
@@ -116,6 +118,11 @@ pub async fn serve<M, S, B>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let open = options.connections.clone().map(|(active, total)| {
+            total.inc();
+            active.inc();
+            OpenConnection(active)
+        });
         let local = stream.local_addr().unwrap_or(remote);
         let is_h2 = Arc::new(AtomicBool::new(false));
         let service = DrainAware { inner: make_service(ConnInfo { remote, local }), draining, is_h2: is_h2.clone() };
@@ -155,6 +162,7 @@ pub async fn serve<M, S, B>(
                 if let Err(e) = result {
                     debug!(error = %e, "connection ended with error");
                 }
+                drop(open);
             }
             .instrument(span),
         );
@@ -251,5 +259,14 @@ where
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+/// Decrements the open-connections gauge when the connection task ends.
+struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

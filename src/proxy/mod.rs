@@ -15,7 +15,11 @@ pub mod error;
 pub mod headers;
 pub mod upstream;
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{
@@ -31,14 +35,62 @@ use tracing::{Instrument, debug, warn};
 
 pub use self::error::ProxyError;
 use self::upstream::UpstreamClient;
-use crate::server::ConnInfo;
+use crate::{
+    body::{Outcome, RequestBody},
+    server::ConnInfo,
+    telemetry::metrics::Metrics,
+};
 
 /// Body of every response the proxy produces: the app's streamed body, or
-/// a small one outrider wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// a small one outrider wrote itself, plus what telemetry wants to know.
+#[derive(Debug)]
+pub struct ProxyBody {
+    inner: Either<Incoming, Full<Bytes>>,
+    upstream_time: Option<Duration>,
+    error: Option<ProxyError>,
+}
+
+impl ProxyBody {
+    fn error(error: ProxyError) -> Response<Self> {
+        error.into_response().map(|body| Self { inner: Either::Right(body), upstream_time: None, error: Some(error) })
+    }
+}
+
+impl hyper::body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match &mut self.inner {
+            Either::Left(body) => std::pin::Pin::new(body).poll_frame(cx),
+            Either::Right(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Outcome for ProxyBody {
+    fn upstream_time(&self) -> Option<Duration> {
+        self.upstream_time
+    }
+
+    fn error_kind(&self) -> Option<&'static str> {
+        self.error.map(ProxyError::kind)
+    }
+}
 
 /// Settings for the request path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxyOptions {
     pub client: upstream::ClientOptions,
     /// Time the app has to send its response head.
@@ -47,6 +99,8 @@ pub struct ProxyOptions {
     pub via: bool,
     /// `X-Forwarded-Proto` value for this listener.
     pub scheme: &'static str,
+    /// Upstream latency and error counters.
+    pub metrics: Option<&'static Metrics>,
 }
 
 /// The proxy, shared by every connection of the public listener.
@@ -66,6 +120,7 @@ struct Inner {
     scheme: &'static str,
     /// Upgraded (spliced) connections, so a drain can wait for them.
     tasks: TaskTracker,
+    metrics: Option<&'static Metrics>,
 }
 
 // === impl Proxy ===
@@ -89,6 +144,7 @@ impl Proxy {
                 via: options.via,
                 scheme: options.scheme,
                 tasks,
+                metrics: options.metrics,
             }),
         }
     }
@@ -97,17 +153,17 @@ impl Proxy {
     pub fn service(
         &self,
         conn: ConnInfo,
-    ) -> impl tower::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + use<>
+    ) -> impl tower::Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + use<>
     {
         let inner = self.inner.clone();
         tower::service_fn(move |req| forward(inner.clone(), conn, req))
     }
 }
 
-async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
     if req.method() == Method::CONNECT {
         debug!("refusing CONNECT");
-        return Ok(ProxyError::MethodNotAllowed.into_response().map(Either::Right));
+        return Ok(ProxyBody::error(ProxyError::MethodNotAllowed));
     }
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     // Taken before the request is consumed; resolves once hyper hands over
@@ -140,12 +196,15 @@ async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<Incoming>) 
     parts.uri = match Uri::from_parts(uri) {
         Ok(uri) => uri,
         // Unreachable with parts taken from valid URIs; answer rather than panic.
-        Err(_) => return Ok(ProxyError::Protocol.into_response().map(Either::Right)),
+        Err(_) => return Ok(ProxyBody::error(ProxyError::Protocol)),
     };
     parts.version = inner.upstream_version;
     let method = parts.method.clone();
+    // For log lines: the trace context telemetry put on the request.
+    let traceparent = parts.headers.get(&TRACEPARENT).cloned();
     let request = Request::from_parts(parts, body);
 
+    let sent_at = Instant::now();
     let sent = inner.client.request(request);
     let result: Result<_, UpstreamFailure> = match inner.request_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -155,13 +214,21 @@ async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<Incoming>) 
         None => sent.await.map_err(Into::into),
     };
 
+    let upstream_time = sent_at.elapsed();
     let mut response = match result {
         Ok(response) => response,
         Err(UpstreamFailure(error, detail)) => {
-            warn!(%method, error.kind = error.kind(), error.detail = %detail, status = error.status().as_u16(), "upstream request failed");
-            return Ok(error.into_response().map(Either::Right));
+            let (trace_id, span_id) = trace_ids(traceparent.as_ref());
+            warn!(%method, error.kind = error.kind(), error.detail = %detail, status = error.status().as_u16(), trace_id, span_id, "upstream request failed");
+            if let Some(counter) = inner.metrics.and_then(|m| m.upstream_error(error.kind())) {
+                counter.inc();
+            }
+            return Ok(ProxyBody::error(error));
         }
     };
+    if let Some(metrics) = inner.metrics {
+        metrics.upstream_duration.observe(upstream_time.as_secs_f64());
+    }
 
     let app_version = response.version();
     // The client gets the version it spoke, whatever the app answered with
@@ -189,7 +256,18 @@ async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<Incoming>) 
             .in_current_span(),
         );
     }
-    Ok(response.map(Either::Left))
+    Ok(response.map(|body| ProxyBody { inner: Either::Left(body), upstream_time: Some(upstream_time), error: None }))
+}
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// Trace and span id from a `traceparent` value, without allocating.
+fn trace_ids(traceparent: Option<&HeaderValue>) -> (&str, &str) {
+    let Some(tp) = traceparent.and_then(|v| v.to_str().ok()) else { return ("", "") };
+    match (tp.get(3..35), tp.get(36..52)) {
+        (Some(trace), Some(span)) => (trace, span),
+        _ => ("", ""),
+    }
 }
 
 /// An upstream failure with its classification and the underlying cause.

@@ -14,7 +14,6 @@ use std::{
 };
 
 use http::Uri;
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{
         Client,
@@ -28,7 +27,7 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use crate::health::Health;
+use crate::{body::RequestBody, health::Health};
 
 /// Where and how to reach the app.
 #[derive(Debug, Clone)]
@@ -60,7 +59,7 @@ pub struct BufferOptions {
 }
 
 /// The client type the proxy uses.
-pub type UpstreamClient = Client<Connector, Incoming>;
+pub type UpstreamClient = Client<Connector, RequestBody>;
 
 /// Builds the pooled client around `connector`.
 pub fn client(options: &ClientOptions, connector: Connector) -> UpstreamClient {
@@ -149,9 +148,9 @@ impl Connector {
         }
     }
 
-    /// Requests currently held while the app is away.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+    /// The count of requests held while the app is away.
+    pub fn held_counter(&self) -> Arc<AtomicUsize> {
+        self.held.clone()
     }
 
     /// One connection attempt, bounded by the connect timeout.

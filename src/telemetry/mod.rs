@@ -36,3 +36,8 @@ pub fn init_logging(filter: &str, format: Format) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub mod metrics;
+pub mod observe;
+pub mod otel;
+pub mod routes;

@@ -1,0 +1,60 @@
+//! Body wrappers shared by the request path and telemetry.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use prometheus::IntCounter;
+
+/// The request body as the proxy forwards it: the client's stream, with
+/// its bytes counted as they pass (never buffered).
+pub type RequestBody = Counted<Incoming>;
+
+/// Counts data bytes into a process-wide counter as frames pass.
+#[derive(Debug)]
+pub struct Counted<B> {
+    inner: B,
+    counter: Option<&'static IntCounter>,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, counter: Option<&'static IntCounter>) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let (Some(Ok(frame)), Some(counter)) = (&frame, self.counter) {
+            if let Some(data) = frame.data_ref() {
+                counter.inc_by(data.len() as u64);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the request path learned about one exchange, read by telemetry
+/// from the response body it wraps (no per-request allocation).
+pub trait Outcome {
+    /// Time from sending to the app until its response head arrived.
+    fn upstream_time(&self) -> Option<std::time::Duration>;
+    /// A low-cardinality failure kind (`connect`, `timeout`, ...), if the
+    /// response is outrider's own error answer.
+    fn error_kind(&self) -> Option<&'static str>;
+}

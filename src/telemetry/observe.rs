@@ -1,0 +1,380 @@
+//! The tower layer that observes every proxied request: one OpenTelemetry
+//! SERVER span, the request metrics, and the access log line.
+//!
+//! At the request: extract the caller's W3C context (`traceparent`,
+//! `tracestate`, `baggage`), start the span as its child (or a new root),
+//! and replace `traceparent`/`tracestate` on the request so the app
+//! continues the trace from outrider's span. At the response: note the
+//! status. When the response body ends (or the client goes away), end the
+//! span, record the histogram and write the access log: the duration covers
+//! the whole exchange, not just the response head.
+
+use std::{
+    borrow::Cow,
+    convert::Infallible,
+    fmt::Write as _,
+    future::Future,
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::{
+    Context, KeyValue,
+    trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _},
+};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{SdkTracer, Span},
+};
+use tracing::info;
+
+use super::{
+    metrics::{METHODS, Metrics, method_index, version_label},
+    otel::Tracing,
+    routes::Routes,
+};
+use crate::{
+    body::{Counted, Outcome, RequestBody},
+    server::ConnInfo,
+};
+
+static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+
+/// Options of the layer.
+#[derive(Debug, Clone, Default)]
+pub struct ObserveOptions {
+    pub routes: Routes,
+    /// Record `url.query` (may hold secrets, so off by default).
+    pub capture_query: bool,
+    /// Send a W3C `traceresponse` header back to the client.
+    pub trace_response: bool,
+    /// One JSON line per request on the `outrider::access` target.
+    pub access_log: bool,
+    /// `url.scheme` of this listener.
+    pub scheme: &'static str,
+}
+
+/// Shared state of the layer. Built once and leaked: it lives as long as
+/// the process, and requests then need no reference count to reach it.
+pub struct Observer {
+    metrics: &'static Metrics,
+    tracer: Option<SdkTracer>,
+    tracing: Tracing,
+    options: ObserveOptions,
+    /// Span names, `[route][method]`, built once; the last row is for
+    /// unmatched paths (`GET`).
+    span_names: Vec<[Cow<'static, str>; METHODS.len()]>,
+}
+
+impl Observer {
+    pub fn new(metrics: &'static Metrics, tracing: Tracing, options: ObserveOptions) -> &'static Self {
+        let mut span_names: Vec<[Cow<'static, str>; METHODS.len()]> = (0..options.routes.len())
+            .map(|r| METHODS.map(|m| Cow::Owned(format!("{} {}", if m == "_OTHER" { "HTTP" } else { m }, options.routes.template(r)))))
+            .collect();
+        span_names.push(METHODS.map(|m| Cow::Borrowed(if m == "_OTHER" { "HTTP" } else { m })));
+        let tracer = tracing.tracer.clone();
+        Box::leak(Box::new(Self { metrics, tracer, tracing, options, span_names }))
+    }
+
+    /// Flushes pending spans (bounded by `timeout`); blocking.
+    pub fn shutdown(&self, timeout: std::time::Duration) {
+        self.tracing.shutdown(timeout);
+    }
+
+    /// Wraps the service of one connection.
+    pub fn layer<S>(&'static self, inner: S, conn: ConnInfo) -> Observe<S> {
+        Observe { inner, observer: self, conn }
+    }
+
+    fn start(&'static self, req: &mut Request<Incoming>, conn: ConnInfo) -> RequestState {
+        let start = Instant::now();
+        let method = method_index(req.method());
+        let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
+        let span = self.tracer.as_ref().map(|tracer| {
+            let parent = self.tracing.propagator().extract(&HeaderExtractor(req.headers()));
+            let name = self.span_names[route.unwrap_or(self.span_names.len() - 1)][method].clone();
+            let mut attributes = Vec::with_capacity(12);
+            attributes.push(KeyValue::new("http.request.method", METHODS[method]));
+            if method == METHODS.len() - 1 {
+                attributes.push(KeyValue::new("http.request.method_original", req.method().as_str().to_owned()));
+            }
+            attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
+            if self.options.capture_query {
+                if let Some(q) = req.uri().query() {
+                    attributes.push(KeyValue::new("url.query", q.to_owned()));
+                }
+            }
+            attributes.push(KeyValue::new("url.scheme", self.options.scheme));
+            if let Some(route) = route {
+                attributes.push(KeyValue::new("http.route", self.options.routes.template(route).to_owned()));
+            }
+            let host =
+                req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
+            if let Some(host) = host {
+                let (name, port) = split_host_port(host);
+                attributes.push(KeyValue::new("server.address", name.to_owned()));
+                attributes.push(KeyValue::new("server.port", i64::from(port.unwrap_or(conn.local.port()))));
+            }
+            attributes.push(KeyValue::new("client.address", conn.remote.ip().to_string()));
+            attributes.push(KeyValue::new("network.protocol.version", version_label(req.version())));
+            if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+                attributes.push(KeyValue::new("user_agent.original", ua.to_owned()));
+            }
+            let builder = tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
+            let span = tracer.build_with_context(builder, &parent);
+            // The app continues the trace from our span; the caller's
+            // `tracestate` rides along in the span context, and `baggage`
+            // is forwarded untouched like any other header.
+            let cx = Context::new().with_remote_span_context(span.span_context().clone());
+            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
+            span
+        });
+        self.metrics.active_requests.inc();
+        RequestState {
+            observer: self,
+            start,
+            method,
+            method_name: req.method().clone(),
+            route,
+            version: req.version(),
+            uri: req.uri().clone(),
+            client: conn.remote,
+            span,
+            status: 0,
+            bytes_out: 0,
+            upstream_ms: None,
+            error_kind: None,
+            done: false,
+        }
+    }
+}
+
+/// Per-request record, finished exactly once (body end, error or drop).
+struct RequestState {
+    observer: &'static Observer,
+    start: Instant,
+    method: usize,
+    /// As sent (a clone of a standard method allocates nothing).
+    method_name: http::Method,
+    route: Option<usize>,
+    version: Version,
+    uri: http::Uri,
+    client: std::net::SocketAddr,
+    span: Option<Span>,
+    status: u16,
+    bytes_out: u64,
+    upstream_ms: Option<f64>,
+    error_kind: Option<&'static str>,
+    done: bool,
+}
+
+impl RequestState {
+    fn finish(&mut self, body_error: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let observer = self.observer;
+        let elapsed = self.start.elapsed();
+        observer.metrics.active_requests.dec();
+        observer.metrics.response_body_bytes.inc_by(self.bytes_out);
+        observer.metrics.record_request(self.method, self.version, self.status, self.route, elapsed.as_secs_f64());
+        let (mut trace_id, mut span_id) = ([0u8; 32], [0u8; 16]);
+        if let Some(span) = &mut self.span {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(self.status)));
+            let error_type = self.error_kind.or(if body_error { Some("response_body_aborted") } else { None });
+            if let Some(kind) = error_type {
+                span.set_attribute(KeyValue::new("error.type", kind));
+            } else if self.status >= 500 {
+                span.set_attribute(KeyValue::new("error.type", self.status.to_string()));
+            }
+            if self.status >= 500 || error_type.is_some() {
+                span.set_status(Status::error(""));
+            }
+            if let Some(ms) = self.upstream_ms {
+                span.set_attribute(KeyValue::new("outrider.upstream.duration_ms", ms));
+            }
+            let sc = span.span_context();
+            hex_into(&sc.trace_id().to_bytes(), &mut trace_id);
+            hex_into(&sc.span_id().to_bytes(), &mut span_id);
+            if sc.is_sampled() {
+                observer.metrics.spans_ended.inc();
+            }
+            span.end();
+        }
+        if observer.options.access_log {
+            info!(
+                target: "outrider::access",
+                method = %self.method_name,
+                path = self.uri.path(),
+                status = self.status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                upstream_ms = self.upstream_ms,
+                bytes_out = self.bytes_out,
+                client = %self.client.ip(),
+                protocol = version_label(self.version),
+                error = self.error_kind,
+                trace_id = std::str::from_utf8(&trace_id).unwrap_or(""),
+                span_id = std::str::from_utf8(&span_id).unwrap_or(""),
+                "request"
+            );
+        }
+    }
+}
+
+impl Drop for RequestState {
+    fn drop(&mut self) {
+        // The client went away mid-response; still account for it.
+        self.finish(true);
+    }
+}
+
+/// The per-connection service.
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    observer: &'static Observer,
+    conn: ConnInfo,
+}
+
+impl<S, B> tower::Service<Request<Incoming>> for Observe<S>
+where
+    S: tower::Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes> + Outcome + Unpin,
+{
+    type Response = Response<ObservedBody<B>>;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let state = self.observer.start(&mut req, self.conn);
+        let req = req.map(|body| Counted::new(body, Some(&self.observer.metrics.request_body_bytes)));
+        ObserveFuture { inner: self.inner.call(req), state: Some(state) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Observe`].
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<RequestState>,
+    }
+}
+
+impl<F, B> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: Body<Data = Bytes> + Outcome + Unpin,
+{
+    type Output = Result<Response<ObservedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        let Some(mut state) = this.state.take() else {
+            // Polled after completion: a contract violation by the caller.
+            return Poll::Pending;
+        };
+        state.status = response.status().as_u16();
+        state.upstream_ms = response.body().upstream_time().map(|d| d.as_secs_f64() * 1000.0);
+        state.error_kind = response.body().error_kind();
+        if state.observer.options.trace_response {
+            if let Some(span) = &state.span {
+                let sc = span.span_context();
+                let mut v = String::with_capacity(55);
+                let _ = write!(v, "00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    response.headers_mut().insert(TRACERESPONSE.clone(), v);
+                }
+            }
+        }
+        let end = response.body().is_end_stream();
+        let mut response = response.map(|inner| ObservedBody { inner, state });
+        if end {
+            response.body_mut().state.finish(false);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// The response body, counted; finishes the request's record when it ends.
+pub struct ObservedBody<B> {
+    inner: B,
+    state: RequestState,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.state.bytes_out += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.state.finish(false);
+                }
+            }
+            Some(Err(_)) => this.state.finish(true),
+            None => this.state.finish(false),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    // `[::1]:8080`, `example.com:8080`, `example.com`, `::1` (no port).
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((addr, port)) = rest.split_once(']') {
+            return (addr, port.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),
+        _ => (host, None),
+    }
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host_port;
+
+    #[test]
+    fn host_and_port() {
+        assert_eq!(split_host_port("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host_port("example.com"), ("example.com", None));
+        assert_eq!(split_host_port("[::1]:9"), ("::1", Some(9)));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+    }
+}
