@@ -8,13 +8,16 @@ fn configuration_reference_matches_the_code() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
     let documented: BTreeMap<String, String> = doc
         .lines()
-        .filter(|l| l.starts_with("| `OUTRIDER_") || l.starts_with("| `OTEL_"))
+        .filter(|l| l.starts_with("| `OUTRIDER_") || l.starts_with("| `OTEL_") || l.starts_with("| `K8S_"))
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             (cells[1].trim_matches('`').to_owned(), cells[2].trim_matches('`').to_owned())
         })
         .collect();
-    let code: BTreeMap<String, String> = outrider::config::defaults().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let mut code: BTreeMap<String, String> = outrider::config::defaults().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    for (var, default, _) in outrider::telemetry::otel::OTEL_VARIABLES {
+        code.insert((*var).to_owned(), (*default).to_owned());
+    }
     let missing: Vec<_> = code.keys().filter(|k| !documented.contains_key(*k)).collect();
     let extra: Vec<_> = documented.keys().filter(|k| !code.contains_key(*k)).collect();
     assert!(missing.is_empty(), "variables the code reads but docs/configuration.md does not list: {missing:?}");

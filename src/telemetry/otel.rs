@@ -8,7 +8,7 @@
 //! ~6 µs per request, more than everything else outrider does. One span is
 //! started when a request arrives and ended when its response body ends.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use opentelemetry::{
     KeyValue,
@@ -16,7 +16,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{
     Resource,
-    error::OTelSdkResult,
+    error::{OTelSdkError, OTelSdkResult},
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
@@ -128,7 +128,7 @@ impl Tracing {
                     _ => return Err(OtelError::Invalid { var, value: protocol, reason: "expected grpc or http/protobuf" }),
                 }
                 .map_err(|e| OtelError::Exporter(e.to_string()))?;
-                let exporter = CountingExporter { inner: exporter, counters };
+                let exporter = CountingExporter { inner: Arc::new(exporter), counters, runtime: tokio::runtime::Handle::current() };
                 let processor = BatchSpanProcessor::builder(exporter).with_batch_config(BatchConfigBuilder::default().build()).build();
                 builder = builder.with_span_processor(processor);
                 format!("{endpoint} ({protocol})")
@@ -171,11 +171,14 @@ fn env_flag(var: &'static str) -> Result<bool, OtelError> {
     }
 }
 
-/// Counts what the collector accepted and what it did not.
+/// Counts what the collector accepted and what it did not, and runs each
+/// export on the Tokio runtime: the SDK's batch thread has no reactor, and
+/// both the gRPC and the HTTP client need one.
 #[derive(Debug)]
 struct CountingExporter<E> {
-    inner: E,
+    inner: Arc<E>,
     counters: ExportCounters,
+    runtime: tokio::runtime::Handle,
 }
 
 impl fmt::Debug for ExportCounters {
@@ -184,10 +187,14 @@ impl fmt::Debug for ExportCounters {
     }
 }
 
-impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        let result = self.inner.export(batch).await;
+        let inner = self.inner.clone();
+        let result = match self.runtime.spawn(async move { inner.export(batch).await }).await {
+            Ok(result) => result,
+            Err(e) => Err(OTelSdkError::InternalFailure(format!("export task failed: {e}"))),
+        };
         match &result {
             Ok(()) => self.counters.exported.inc_by(n),
             Err(e) => {
@@ -207,6 +214,9 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        // Called once, while building the provider: the only owner then.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.set_resource(resource);
+        }
     }
 }
