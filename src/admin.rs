@@ -190,3 +190,33 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }
+
+/// `outrider wait-ready`: polls `/readyz` on `addr` until it answers 200,
+/// for an app's entrypoint or a start-up ordering script. True if ready
+/// within `timeout`.
+pub async fn wait_ready(addr: SocketAddr, timeout: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if readyz_ok(addr).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn readyz_ok(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = Request::get("/readyz").header(header::HOST, addr.to_string()).body(http_body_util::Empty::new()).ok()?;
+        Some(sender.send_request(request).await.ok()?.status() == StatusCode::OK)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
+}

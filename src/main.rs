@@ -57,7 +57,62 @@ struct Cli {
     command: Vec<String>,
 }
 
+/// `outrider wait-ready [--timeout DURATION] [--admin ADDR]`: exits 0 once
+/// outrider's `/readyz` answers 200 (the linkerd-await use case).
+#[derive(Debug, Parser)]
+#[command(name = "outrider wait-ready")]
+struct WaitReady {
+    /// Give up after this long (exit 1).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Admin address; default: OUTRIDER_ADMIN_LISTEN with 0.0.0.0 read as 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
+}
+
+fn wait_ready(args: impl Iterator<Item = String>) -> ExitCode {
+    let cli = match WaitReady::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EX_CONFIG } else { 0 });
+        }
+    };
+    let addr = match cli.admin {
+        Some(addr) => addr,
+        None => match Config::load(&Overrides::default()) {
+            Ok(config) => {
+                let mut addr = config.admin_listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+                }
+                addr
+            }
+            Err(e) => {
+                eprintln!("outrider: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+    };
+    let ready = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(admin::wait_ready(addr, cli.timeout)),
+        Err(e) => {
+            eprintln!("outrider: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if ready {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("outrider: {addr}/readyz not ready after {}", humantime::format_duration(cli.timeout));
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("wait-ready") {
+        return wait_ready(std::env::args().skip(1));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

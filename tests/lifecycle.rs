@@ -380,3 +380,30 @@ async fn a_second_sigterm_skips_the_drain() {
     assert!(app_events(&log).iter().any(|e| e.kind == "sigterm"));
     let _ = std::fs::remove_file(log);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_ready_exits_0_once_ready_and_1_on_timeout() {
+    let port = free_port();
+    let log = temp_file("wait-app.log");
+    let proxy = outrider(&format!("http://127.0.0.1:{port}"))
+        .args(["--", "python3", FIXTURE, "--port", &port.to_string(), "--log", log.to_str().unwrap(), "--delay-start", "1"])
+        .start()
+        .await;
+    let admin = proxy.admin.to_string();
+    let early = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || std::process::Command::new(BIN).args(["wait-ready", "--admin", &admin, "--timeout", "200ms"]).status().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(early.code(), Some(1), "ready before the app listened?");
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN).args(["wait-ready", "--admin", &admin, "--timeout", "20s"]).status().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(app_events(&log).iter().any(|e| e.kind == "start"), "wait-ready returned before the app started");
+    assert_eq!(status_of(&proxy.admin_url("/readyz")).await, 200);
+    let _ = std::fs::remove_file(log);
+}
