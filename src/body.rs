@@ -13,31 +13,59 @@ use prometheus::IntCounter;
 /// its bytes counted as they pass (never buffered).
 pub type RequestBody = Counted<Incoming>;
 
-/// Counts data bytes into a process-wide counter as frames pass.
+/// Counts data bytes into a process-wide counter as frames pass, and
+/// fails the stream once it exceeds an optional limit.
 #[derive(Debug)]
 pub struct Counted<B> {
     inner: B,
     counter: Option<&'static IntCounter>,
+    seen: u64,
+    limit: u64,
+}
+
+/// The request body grew past `OUTRIDER_MAX_BODY_BYTES`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
 }
 
 impl<B> Counted<B> {
     pub fn new(inner: B, counter: Option<&'static IntCounter>) -> Self {
-        Self { inner, counter }
+        Self { inner, counter, seen: 0, limit: u64::MAX }
+    }
+
+    /// Fails the body after `limit` bytes.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let (Some(Ok(frame)), Some(counter)) = (&frame, self.counter) {
-            if let Some(data) = frame.data_ref() {
-                counter.inc_by(data.len() as u64);
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            self.seen = self.seen.saturating_add(len);
+            if let Some(counter) = self.counter {
+                counter.inc_by(len);
+            }
+            if self.seen > self.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: self.limit }))));
             }
         }
-        Poll::Ready(frame)
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -98,6 +98,22 @@ pub struct RawConfig {
     pub trace_query: String,
     #[serde(deserialize_with = "lossy_string")]
     pub trace_response: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub tls_cert: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub tls_key: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub tls_client_ca: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub tls_client_cert_header: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub tls_reload_interval: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub max_connections: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub max_inflight: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub max_body_bytes: String,
 }
 
 impl Default for RawConfig {
@@ -132,6 +148,14 @@ impl Default for RawConfig {
             access_log: "true".into(),
             trace_query: "false".into(),
             trace_response: "false".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
+            tls_client_cert_header: String::new(),
+            tls_reload_interval: "5s".into(),
+            max_connections: "10000".into(),
+            max_inflight: "0".into(),
+            max_body_bytes: "0".into(),
         }
     }
 }
@@ -169,6 +193,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("OUTRIDER_ACCESS_LOG", "One log line per request (`true`/`false`)."),
     ("OUTRIDER_TRACE_QUERY", "Record the query string as `url.query` on spans; it may hold secrets."),
     ("OUTRIDER_TRACE_RESPONSE", "Send a W3C `traceresponse` header back to clients."),
+    ("OUTRIDER_TLS_CERT", "PEM certificate chain: with `OUTRIDER_TLS_KEY`, the public listener speaks HTTPS."),
+    ("OUTRIDER_TLS_KEY", "PEM private key for `OUTRIDER_TLS_CERT`."),
+    ("OUTRIDER_TLS_CLIENT_CA", "PEM CA bundle: require and verify client certificates (mTLS)."),
+    ("OUTRIDER_TLS_CLIENT_CERT_HEADER", "Header that carries the verified client subject to the app; client copies are stripped."),
+    ("OUTRIDER_TLS_RELOAD_INTERVAL", "How often the certificate files are checked for a rotated pair."),
+    ("OUTRIDER_MAX_CONNECTIONS", "Client connections served at once; more wait in the kernel's accept queue."),
+    ("OUTRIDER_MAX_INFLIGHT", "Requests in flight to the app at once; more get 503 with `Retry-After`. `0` = no limit."),
+    ("OUTRIDER_MAX_BODY_BYTES", "Largest request body forwarded; larger gets 413. `0` = no limit."),
 ];
 
 /// `(variable, default)` for every variable, defaults as a user writes them;
@@ -283,6 +315,24 @@ pub struct Config {
     pub trace_query: bool,
     /// Send `traceresponse` to clients.
     pub trace_response: bool,
+    /// HTTPS on the public listener.
+    pub tls: Option<TlsConfig>,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// Requests in flight to the app; 0 = no limit.
+    pub max_inflight: usize,
+    /// Largest request body; 0 = no limit.
+    pub max_body_bytes: u64,
+}
+
+/// TLS settings of the public listener.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_cert_header: Option<http::HeaderName>,
+    pub reload_interval: Duration,
 }
 
 /// How the app's health is checked.
@@ -460,6 +510,16 @@ impl Config {
         line("access_log", self.access_log.to_string());
         line("trace_query", self.trace_query.to_string());
         line("trace_response", self.trace_response.to_string());
+        let tls = self.tls.as_ref();
+        let path = |p: Option<&PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+        line("tls_cert", path(tls.map(|t| &t.cert)));
+        line("tls_key", path(tls.map(|t| &t.key)));
+        line("tls_client_ca", path(tls.and_then(|t| t.client_ca.as_ref())));
+        line("tls_client_cert_header", tls.and_then(|t| t.client_cert_header.as_ref()).map(|h| h.to_string()).unwrap_or_default());
+        line("tls_reload_interval", dur(tls.map_or(Duration::from_secs(5), |t| t.reload_interval)));
+        line("max_connections", self.max_connections.to_string());
+        line("max_inflight", self.max_inflight.to_string());
+        line("max_body_bytes", self.max_body_bytes.to_string());
         out
     }
 }
@@ -487,7 +547,7 @@ impl TryFrom<RawConfig> for Config {
             admin_listen: parse_socket_addr("OUTRIDER_ADMIN_LISTEN", &raw.admin_listen)?,
             log: {
                 tracing_subscriber::EnvFilter::builder().parse(&raw.log).map_err(|e| invalid("OUTRIDER_LOG", &raw.log, &e.to_string()))?;
-                raw.log
+                raw.log.clone()
             },
             log_format: match raw.log_format.trim().to_ascii_lowercase().as_str() {
                 "json" => LogFormat::Json,
@@ -556,8 +616,47 @@ impl TryFrom<RawConfig> for Config {
             access_log: parse_bool("OUTRIDER_ACCESS_LOG", &raw.access_log)?,
             trace_query: parse_bool("OUTRIDER_TRACE_QUERY", &raw.trace_query)?,
             trace_response: parse_bool("OUTRIDER_TRACE_RESPONSE", &raw.trace_response)?,
+            tls: parse_tls(&raw)?,
+            max_connections: parse_number("OUTRIDER_MAX_CONNECTIONS", &raw.max_connections, 1, 1 << 24)?,
+            max_inflight: parse_number("OUTRIDER_MAX_INFLIGHT", &raw.max_inflight, 0, 1 << 24)?,
+            max_body_bytes: u64::try_from(parse_number("OUTRIDER_MAX_BODY_BYTES", &raw.max_body_bytes, 0, usize::MAX)?).unwrap_or(u64::MAX),
         })
     }
+}
+
+fn parse_tls(raw: &RawConfig) -> Result<Option<TlsConfig>, ConfigError> {
+    let (cert, key) = (raw.tls_cert.trim(), raw.tls_key.trim());
+    let reload_interval = parse_nonzero_duration("OUTRIDER_TLS_RELOAD_INTERVAL", &raw.tls_reload_interval)?;
+    let header = raw.tls_client_cert_header.trim();
+    let ca = raw.tls_client_ca.trim();
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => {
+            if !ca.is_empty() {
+                return Err(invalid("OUTRIDER_TLS_CLIENT_CA", ca, "needs OUTRIDER_TLS_CERT and OUTRIDER_TLS_KEY"));
+            }
+            return Ok(None);
+        }
+        (false, true) => return Err(invalid("OUTRIDER_TLS_KEY", "", "must be set together with OUTRIDER_TLS_CERT")),
+        (true, false) => return Err(invalid("OUTRIDER_TLS_CERT", "", "must be set together with OUTRIDER_TLS_KEY")),
+        (false, false) => {}
+    }
+    let client_cert_header = match header {
+        "" => None,
+        h => Some(
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| invalid("OUTRIDER_TLS_CLIENT_CERT_HEADER", h, "not a valid header name"))?,
+        ),
+    };
+    if client_cert_header.is_some() && ca.is_empty() {
+        return Err(invalid("OUTRIDER_TLS_CLIENT_CERT_HEADER", header, "needs OUTRIDER_TLS_CLIENT_CA (no client certificate otherwise)"));
+    }
+    Ok(Some(TlsConfig {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+        client_ca: (!ca.is_empty()).then(|| PathBuf::from(ca)),
+        client_cert_header,
+        reload_interval,
+    }))
 }
 
 fn invalid(var: &str, value: &str, reason: &str) -> ConfigError {

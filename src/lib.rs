@@ -16,6 +16,7 @@
 //! * `telemetry`: logs, the OpenTelemetry span per request, Prometheus
 //!   metrics, and the tower layer that records all three.
 //! * `body`: body wrappers shared by the request path and telemetry.
+//! * `tls`: rustls server config, certificate hot reload, mTLS subjects.
 //!
 //! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
 //! parameters and know nothing of `config` or `lifecycle`; `main.rs` wires.
@@ -31,3 +32,4 @@ pub mod proxy;
 pub mod server;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;

@@ -20,6 +20,7 @@ use outrider::{
         observe::{ObserveOptions, Observer},
         otel,
     },
+    tls::{Tls, TlsOptions},
 };
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::task::TaskTracker;
@@ -188,6 +189,20 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     let lifecycle =
         Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx).context("cannot install signal handlers")?;
 
+    // TLS before the app: a bad certificate must not leave it running.
+    let tls = match &config.tls {
+        Some(t) => Some(
+            Tls::new(TlsOptions {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                client_ca: t.client_ca.clone(),
+                reload_interval: t.reload_interval,
+            })
+            .map_err(|e| ConfigFailure(format!("invalid TLS configuration (OUTRIDER_TLS_*): {e}")))?,
+        ),
+        None => None,
+    };
+
     // Telemetry before the app: a bad OTEL_* value must not leave it running.
     let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new(
         &config.routes_list(),
@@ -212,7 +227,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
             capture_query: config.trace_query,
             trace_response: config.trace_response,
             access_log: config.access_log,
-            scheme: "http",
+            scheme: if config.tls.is_some() { "https" } else { "http" },
         },
     );
 
@@ -265,20 +280,34 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
             client: client_options,
             request_timeout: config.request_timeout,
             via: config.via,
-            scheme: "http",
+            scheme: if config.tls.is_some() { "https" } else { "http" },
             metrics: Some(metrics),
+            max_inflight: config.max_inflight,
+            max_body_bytes: config.max_body_bytes,
+            client_cert_header: config.tls.as_ref().and_then(|t| t.client_cert_header.clone()),
         },
         connector,
         connections.clone(),
     );
-    let admin_options =
-        ServerOptions { header_read_timeout: config.header_read_timeout, max_header_bytes: config.max_header_bytes, connections: None };
+    let admin_options = ServerOptions {
+        header_read_timeout: config.header_read_timeout,
+        max_header_bytes: config.max_header_bytes,
+        connections: None,
+        // Probes must answer even when the proxy side is saturated.
+        max_connections: 1024,
+        tls: None,
+    };
     let options = ServerOptions {
         connections: Some((metrics.connections_active.clone(), metrics.connections_total.clone())),
+        max_connections: config.max_connections,
+        tls: tls.as_ref().map(|t| t.acceptor.clone()),
         ..admin_options.clone()
     };
+    if let Some(tls) = tls {
+        tokio::spawn(tls.watch());
+    }
     tokio::spawn(server::serve("proxy", listener, options, phase.clone(), connections.clone(), move |conn| {
-        observer.layer(proxy.service(conn), conn)
+        observer.layer(proxy.service(conn.clone()), conn)
     }));
 
     // The admin listener outlives the drain: probes must keep answering

@@ -34,7 +34,10 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -50,19 +53,28 @@ pub enum Phase {
 }
 
 /// What a connection's service learns about the connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// Subject of the client's verified certificate (mTLS).
+    pub client_subject: Option<Arc<str>>,
 }
 
 /// Knobs for the HTTP server side of a listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     /// Open and total connection counters, if this listener is measured.
     pub connections: Option<(prometheus::IntGauge, prometheus::IntCounter)>,
+    /// Connections served at once; further ones wait in the kernel's
+    /// accept backlog rather than being accepted and dropped.
+    pub max_connections: usize,
+    /// Terminate TLS with this acceptor.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
@@ -79,7 +91,7 @@ pub async fn serve<M, S, B>(
     tracker: TaskTracker,
     make_service: M,
 ) where
-    M: Fn(ConnInfo) -> S,
+    M: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
@@ -87,6 +99,7 @@ pub async fn serve<M, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = build(&options);
+    let make_service = Arc::new(make_service);
     // Read once per request by every connection: a process-lifetime flag,
     // leaked so that requests need no reference count to reach it.
     let draining: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
@@ -95,8 +108,19 @@ pub async fn serve<M, S, B>(
         reached(&mut watch_phase, Phase::Drain).await;
         draining.store(true, Ordering::Relaxed);
     });
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
+        // At the connection limit, stop accepting: the kernel queues new
+        // connections in the backlog until a slot frees up.
+        let slot = tokio::select! {
+            biased;
+            () = reached(&mut phase, Phase::Close) => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             biased;
             () = reached(&mut phase, Phase::Close) => break,
@@ -124,50 +148,88 @@ pub async fn serve<M, S, B>(
             OpenConnection(active)
         });
         let local = stream.local_addr().unwrap_or(remote);
-        let is_h2 = Arc::new(AtomicBool::new(false));
-        let service = DrainAware { inner: make_service(ConnInfo { remote, local }), draining, is_h2: is_h2.clone() };
-        let service = TowerToHyperService::new(service);
         let builder = builder.clone();
-        let mut phase = phase.clone();
+        let phase = phase.clone();
+        let make_service = make_service.clone();
+        let tls = options.tls.clone();
+        let handshake_timeout = options.header_read_timeout;
         let span = info_span!("conn", listener = name, peer = %remote);
         tracker.spawn(
             async move {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = reached(&mut phase, Phase::Drain) => {
-                        // Until the listener closes, only HTTP/2 is told to
-                        // go (GOAWAY); HTTP/1.1 leaves via `Connection: close`.
-                        // A connection may reveal itself as HTTP/2 later.
-                        let mut goaway_sent = false;
-                        loop {
-                            if !goaway_sent && is_h2.load(Ordering::Relaxed) {
-                                conn.as_mut().graceful_shutdown();
-                                goaway_sent = true;
-                            }
-                            tokio::select! {
-                                result = conn.as_mut() => break result,
-                                () = reached(&mut phase, Phase::Close) => {
-                                    if !goaway_sent {
-                                        conn.as_mut().graceful_shutdown();
-                                    }
-                                    break conn.await;
-                                }
-                                () = tokio::time::sleep(Duration::from_millis(50)), if !goaway_sent => {}
-                            }
-                        }
+                let _slot = slot;
+                let _open = open;
+                let info = ConnInfo { remote, local, tls: tls.is_some(), client_subject: None };
+                match tls {
+                    None => drive(&builder, TokioIo::new(stream), &*make_service, info, draining, phase).await,
+                    Some(acceptor) => {
+                        // The handshake is bounded like a request head:
+                        // a client that stalls it is a slowloris too.
+                        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => return debug!("TLS handshake timed out"),
+                        };
+                        let client_subject = crate::tls::client_subject(stream.get_ref().1).map(Arc::from);
+                        let info = ConnInfo { client_subject, ..info };
+                        drive(&builder, TokioIo::new(stream), &*make_service, info, draining, phase).await;
                     }
-                };
-                if let Err(e) = result {
-                    debug!(error = %e, "connection ended with error");
                 }
-                drop(open);
             }
             .instrument(span),
         );
     }
     debug!(listener = name, "stopped accepting");
+}
+
+/// Serves one connection to the end, draining it as the phase advances.
+async fn drive<I, M, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    make_service: &M,
+    info: ConnInfo,
+    draining: &'static AtomicBool,
+    mut phase: watch::Receiver<Phase>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    M: Fn(ConnInfo) -> S,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let is_h2 = Arc::new(AtomicBool::new(false));
+    let service = TowerToHyperService::new(DrainAware { inner: make_service(info), draining, is_h2: is_h2.clone() });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = reached(&mut phase, Phase::Drain) => {
+            // Until the listener closes, only HTTP/2 is told to go (GOAWAY);
+            // HTTP/1.1 leaves via `Connection: close`. A connection may
+            // reveal itself as HTTP/2 later.
+            let mut goaway_sent = false;
+            loop {
+                if !goaway_sent && is_h2.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                    goaway_sent = true;
+                }
+                tokio::select! {
+                    result = conn.as_mut() => break result,
+                    () = reached(&mut phase, Phase::Close) => {
+                        if !goaway_sent {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        break conn.await;
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(50)), if !goaway_sent => {}
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with error");
+    }
 }
 
 /// Resolves once the phase is at least `target`. If the sender is gone the

@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use super::upstream::ConnectError;
+use crate::body::BodyTooLarge;
 
 /// Why a request could not be proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +30,25 @@ pub enum ProxyError {
     /// The app is away and the request could not be held (buffer full, or
     /// held past the buffer timeout).
     Unavailable,
+    /// Too many requests in flight to the app (`OUTRIDER_MAX_INFLIGHT`).
+    Overloaded,
+    /// The request body is larger than `OUTRIDER_MAX_BODY_BYTES`.
+    PayloadTooLarge,
 }
 
 impl ProxyError {
     /// Classifies an error from the upstream client by walking its source
     /// chain; never by matching strings.
     pub fn classify(err: &hyper_util::client::legacy::Error) -> Self {
+        // Our own body limit sits deep in the chain, under hyper's "user
+        // body error"; it decides before anything above it.
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(e) = source {
+            if e.is::<BodyTooLarge>() {
+                return Self::PayloadTooLarge;
+            }
+            source = e.source();
+        }
         let mut source: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(e) = source {
             if let Some(c) = e.downcast_ref::<ConnectError>() {
@@ -78,7 +92,8 @@ impl ProxyError {
             Self::ConnectTimeout | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientAborted => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -92,6 +107,8 @@ impl ProxyError {
             Self::ClientAborted => "client_aborted",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
+            Self::Overloaded => "overloaded",
+            Self::PayloadTooLarge => "payload_too_large",
         }
     }
 
@@ -105,6 +122,8 @@ impl ProxyError {
             Self::ClientAborted => "400 Bad Request: the request body ended abnormally\n",
             Self::MethodNotAllowed => "405 Method Not Allowed: CONNECT is not supported by this reverse proxy\n",
             Self::Unavailable => "503 Service Unavailable: the app is not accepting connections; retry later\n",
+            Self::Overloaded => "503 Service Unavailable: too many requests in flight; retry later\n",
+            Self::PayloadTooLarge => "413 Content Too Large: the request body exceeds the configured limit\n",
         }
     }
 
@@ -115,7 +134,7 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self == Self::Unavailable {
+        if matches!(self, Self::Unavailable | Self::Overloaded) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if self == Self::MethodNotAllowed {

@@ -17,7 +17,10 @@ pub mod upstream;
 
 use std::{
     convert::Infallible,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -48,11 +51,33 @@ pub struct ProxyBody {
     inner: Either<Incoming, Full<Bytes>>,
     upstream_time: Option<Duration>,
     error: Option<ProxyError>,
+    /// Released when the body is dropped, i.e. once it was sent.
+    _slot: Option<InflightSlot>,
 }
 
 impl ProxyBody {
     fn error(error: ProxyError) -> Response<Self> {
-        error.into_response().map(|body| Self { inner: Either::Right(body), upstream_time: None, error: Some(error) })
+        error.into_response().map(|body| Self { inner: Either::Right(body), upstream_time: None, error: Some(error), _slot: None })
+    }
+}
+
+/// One request in flight to the app (`OUTRIDER_MAX_INFLIGHT`).
+#[derive(Debug)]
+struct InflightSlot(&'static AtomicUsize);
+
+impl InflightSlot {
+    /// `Some(None)` when there is no limit: nothing to count.
+    fn take(counter: &'static AtomicUsize, max: usize) -> Option<Option<Self>> {
+        if max == 0 {
+            return Some(None);
+        }
+        counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok().map(|_| Some(Self(counter)))
+    }
+}
+
+impl Drop for InflightSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -101,6 +126,13 @@ pub struct ProxyOptions {
     pub scheme: &'static str,
     /// Upstream latency and error counters.
     pub metrics: Option<&'static Metrics>,
+    /// Requests in flight to the app at once; 0 = no limit.
+    pub max_inflight: usize,
+    /// Largest request body forwarded; 0 = no limit.
+    pub max_body_bytes: u64,
+    /// Header that carries the verified client certificate's subject
+    /// (mTLS). Any copy a client sends is removed so it cannot be forged.
+    pub client_cert_header: Option<http::HeaderName>,
 }
 
 /// The proxy, shared by every connection of the public listener.
@@ -121,6 +153,11 @@ struct Inner {
     /// Upgraded (spliced) connections, so a drain can wait for them.
     tasks: TaskTracker,
     metrics: Option<&'static Metrics>,
+    max_inflight: usize,
+    /// Requests in flight; process-lifetime, so guards hold no refcount.
+    inflight: &'static AtomicUsize,
+    max_body_bytes: u64,
+    client_cert_header: Option<http::HeaderName>,
 }
 
 // === impl Proxy ===
@@ -145,6 +182,10 @@ impl Proxy {
                 scheme: options.scheme,
                 tasks,
                 metrics: options.metrics,
+                max_inflight: options.max_inflight,
+                inflight: Box::leak(Box::new(AtomicUsize::new(0))),
+                max_body_bytes: options.max_body_bytes,
+                client_cert_header: options.client_cert_header.clone(),
             }),
         }
     }
@@ -156,7 +197,7 @@ impl Proxy {
     ) -> impl tower::Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + use<>
     {
         let inner = self.inner.clone();
-        tower::service_fn(move |req| forward(inner.clone(), conn, req))
+        tower::service_fn(move |req| forward(inner.clone(), conn.clone(), req))
     }
 }
 
@@ -165,6 +206,24 @@ async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<RequestBody
         debug!("refusing CONNECT");
         return Ok(ProxyBody::error(ProxyError::MethodNotAllowed));
     }
+    if inner.max_body_bytes > 0 {
+        let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > inner.max_body_bytes) {
+            return Ok(ProxyBody::error(ProxyError::PayloadTooLarge));
+        }
+        // Chunked or unknown length: enforced while streaming.
+        req.body_mut().set_limit(inner.max_body_bytes);
+    }
+    // Load shedding: the slot is held until the response body ends.
+    let slot = match InflightSlot::take(inner.inflight, inner.max_inflight) {
+        Some(slot) => slot,
+        None => {
+            if let Some(counter) = inner.metrics.map(|m| &m.load_shed) {
+                counter.inc();
+            }
+            return Ok(ProxyBody::error(ProxyError::Overloaded));
+        }
+    };
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     // Taken before the request is consumed; resolves once hyper hands over
     // the client's connection after our 101 response.
@@ -180,6 +239,12 @@ async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<RequestBody
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(name) = &inner.client_cert_header {
+        parts.headers.remove(name);
+        if let Some(subject) = conn.client_subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+            parts.headers.insert(name.clone(), subject);
+        }
+    }
     // hyper already answers `100 Continue` when we first read the body, i.e.
     // once the app connection is up; the app must not answer it again.
     parts.headers.remove(EXPECT);
@@ -256,7 +321,7 @@ async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<RequestBody
             .in_current_span(),
         );
     }
-    Ok(response.map(|body| ProxyBody { inner: Either::Left(body), upstream_time: Some(upstream_time), error: None }))
+    Ok(response.map(|body| ProxyBody { inner: Either::Left(body), upstream_time: Some(upstream_time), error: None, _slot: slot }))
 }
 
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");

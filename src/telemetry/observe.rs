@@ -45,6 +45,7 @@ use crate::{
 };
 
 static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Options of the layer.
 #[derive(Debug, Clone, Default)]
@@ -92,7 +93,7 @@ impl Observer {
         Observe { inner, observer: self, conn }
     }
 
-    fn start(&'static self, req: &mut Request<Incoming>, conn: ConnInfo) -> RequestState {
+    fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo) -> RequestState {
         let start = Instant::now();
         let method = method_index(req.method());
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
@@ -133,6 +134,10 @@ impl Observer {
             // is forwarded untouched like any other header.
             let cx = Context::new().with_remote_span_context(span.span_context().clone());
             TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
+            // The propagator writes `tracestate` even when it is empty.
+            if req.headers().get(&TRACESTATE).is_some_and(|v| v.is_empty()) {
+                req.headers_mut().remove(&TRACESTATE);
+            }
             span
         });
         self.metrics.active_requests.inc();
@@ -257,7 +262,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let state = self.observer.start(&mut req, self.conn);
+        let state = self.observer.start(&mut req, &self.conn);
         let req = req.map(|body| Counted::new(body, Some(&self.observer.metrics.request_body_bytes)));
         ObserveFuture { inner: self.inner.call(req), state: Some(state) }
     }
