@@ -114,6 +114,8 @@ pub struct RawConfig {
     pub max_inflight: String,
     #[serde(deserialize_with = "lossy_string")]
     pub max_body_bytes: String,
+    #[serde(deserialize_with = "lossy_string")]
+    pub upstream_ca: String,
 }
 
 impl Default for RawConfig {
@@ -156,6 +158,7 @@ impl Default for RawConfig {
             max_connections: "10000".into(),
             max_inflight: "0".into(),
             max_body_bytes: "0".into(),
+            upstream_ca: String::new(),
         }
     }
 }
@@ -201,6 +204,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("OUTRIDER_MAX_CONNECTIONS", "Client connections served at once; more wait in the kernel's accept queue."),
     ("OUTRIDER_MAX_INFLIGHT", "Requests in flight to the app at once; more get 503 with `Retry-After`. `0` = no limit."),
     ("OUTRIDER_MAX_BODY_BYTES", "Largest request body forwarded; larger gets 413. `0` = no limit."),
+    ("OUTRIDER_UPSTREAM_CA", "PEM CA bundle that verifies an `https://` app; default: the system bundle."),
 ];
 
 /// `(variable, default)` for every variable, defaults as a user writes them;
@@ -323,6 +327,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// Largest request body; 0 = no limit.
     pub max_body_bytes: u64,
+    /// CA bundle verifying an `https://` app.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// TLS settings of the public listener.
@@ -520,6 +526,7 @@ impl Config {
         line("max_connections", self.max_connections.to_string());
         line("max_inflight", self.max_inflight.to_string());
         line("max_body_bytes", self.max_body_bytes.to_string());
+        line("upstream_ca", self.upstream_ca.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
         out
     }
 }
@@ -532,13 +539,16 @@ fn known_keys() -> Vec<String> {
     VARIABLES.iter().filter(|(v, _)| *v != "OUTRIDER_CONFIG").map(|(v, _)| v.trim_start_matches(ENV_PREFIX).to_ascii_lowercase()).collect()
 }
 
+/// Debian's (and most distributions') bundle of trusted CAs.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let upstream = parse_upstream(&raw.upstream)?;
         Ok(Self {
             listen: parse_socket_addr("OUTRIDER_LISTEN", &raw.listen)?,
-            upstream: parse_upstream(&raw.upstream)?,
             upstream_protocol: match raw.upstream_protocol.trim().to_ascii_lowercase().as_str() {
                 "http1" | "http/1.1" => UpstreamProtocol::Http1,
                 "http2" | "h2c" | "h2" => UpstreamProtocol::Http2,
@@ -620,6 +630,22 @@ impl TryFrom<RawConfig> for Config {
             max_connections: parse_number("OUTRIDER_MAX_CONNECTIONS", &raw.max_connections, 1, 1 << 24)?,
             max_inflight: parse_number("OUTRIDER_MAX_INFLIGHT", &raw.max_inflight, 0, 1 << 24)?,
             max_body_bytes: u64::try_from(parse_number("OUTRIDER_MAX_BODY_BYTES", &raw.max_body_bytes, 0, usize::MAX)?).unwrap_or(u64::MAX),
+            upstream_ca: match (raw.upstream_ca.trim(), &upstream) {
+                ("", UpstreamAddr::Tcp { scheme, .. }) if *scheme == Scheme::HTTPS => {
+                    let system = PathBuf::from(SYSTEM_CA_BUNDLE);
+                    if !system.is_file() {
+                        return Err(invalid(
+                            "OUTRIDER_UPSTREAM_CA",
+                            "",
+                            "an https:// upstream needs a CA bundle and the system one is missing",
+                        ));
+                    }
+                    Some(system)
+                }
+                ("", _) => None,
+                (path, _) => Some(PathBuf::from(path)),
+            },
+            upstream,
         })
     }
 }
@@ -719,11 +745,11 @@ fn parse_upstream(value: &str) -> Result<UpstreamAddr, ConfigError> {
         return Ok(UpstreamAddr::Unix(PathBuf::from(path)));
     }
     let uri: http::Uri = v.parse().map_err(|_| invalid(VAR, value, "expected http://host:port or unix:/path"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(invalid(VAR, value, "https upstreams are not supported yet; use http://")),
-        _ => return Err(invalid(VAR, value, "expected http://host:port or unix:/path")),
-    }
+    let (scheme, default_port) = match uri.scheme_str() {
+        Some("http") => (Scheme::HTTP, 80),
+        Some("https") => (Scheme::HTTPS, 443),
+        _ => return Err(invalid(VAR, value, "expected http://host:port, https://host:port or unix:/path")),
+    };
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err(invalid(VAR, value, "must not contain a path; outrider forwards the request's own path"));
     }
@@ -731,7 +757,11 @@ fn parse_upstream(value: &str) -> Result<UpstreamAddr, ConfigError> {
     if authority.as_str().contains('@') {
         return Err(invalid(VAR, value, "must not contain credentials"));
     }
-    Ok(UpstreamAddr::Tcp { scheme: Scheme::HTTP, authority })
+    let authority = match authority.port_u16() {
+        Some(_) => authority,
+        None => format!("{authority}:{default_port}").parse().map_err(|_| invalid(VAR, value, "invalid host"))?,
+    };
+    Ok(UpstreamAddr::Tcp { scheme, authority })
 }
 
 fn lossy_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -823,6 +853,8 @@ mod tests {
         assert_eq!(parse_upstream("unix:///run/a.sock").unwrap(), UpstreamAddr::Unix("/run/a.sock".into()));
         assert!(parse_upstream("unix:relative.sock").is_err());
         assert!(parse_upstream("http://a:1/path").is_err());
+        assert_eq!(parse_upstream("http://app").unwrap().to_string(), "http://app:80");
+        assert_eq!(parse_upstream("https://app").unwrap().to_string(), "https://app:443");
         assert!(parse_upstream("http://u:p@a:1").is_err());
         assert_eq!(parse_upstream("http://app:8081/").unwrap().to_string(), "http://app:8081");
     }

@@ -203,6 +203,15 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         None => None,
     };
 
+    let upstream_tls = match (&config.upstream, &config.upstream_ca) {
+        (UpstreamAddr::Tcp { authority, .. }, Some(ca)) => Some(upstream::UpstreamTls {
+            connector: outrider::tls::client_connector(ca, config.upstream_protocol == UpstreamProtocol::Http2)
+                .map_err(|e| ConfigFailure(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")))?,
+            server_name: rustls_pki_types::ServerName::try_from(authority.host().to_owned())
+                .map_err(|e| ConfigFailure(format!("invalid OUTRIDER_UPSTREAM host for TLS: {e}")))?,
+        }),
+        _ => None,
+    };
     // Telemetry before the app: a bad OTEL_* value must not leave it running.
     let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new(
         &config.routes_list(),
@@ -252,6 +261,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         pool_idle_timeout: config.upstream_pool_idle_timeout,
         pool_max_idle: config.upstream_pool_max_idle,
         buffer: config.buffer.map(|(max, timeout)| upstream::BufferOptions { max, timeout }),
+        tls: upstream_tls,
     };
     let health = Health::new(config.app_health_failures, config.app_health_successes);
     let connector = upstream::Connector::new(&client_options, health.clone());

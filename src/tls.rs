@@ -190,3 +190,23 @@ fn load_pair(cert: &Path, key: &Path, provider: &rustls::crypto::CryptoProvider)
         .map_err(|e| TlsError::Invalid { path: cert.display().to_string(), reason: format!("certificate and key do not match: {e}") })?;
     Ok((certified, files))
 }
+
+/// A TLS client for an `https://` app, verifying it against `ca`.
+///
+/// # Errors
+/// The bundle cannot be read or holds no usable certificate.
+pub fn client_connector(ca: &Path, http2: bool) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(read_certs(ca)?);
+    if added == 0 {
+        return Err(TlsError::Invalid { path: ca.display().to_string(), reason: "no usable CA certificate".into() });
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Invalid { path: ca.display().to_string(), reason: e.to_string() })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}

@@ -392,3 +392,51 @@ async fn mtls_accepts_the_right_ca_rejects_others_and_the_subject_header_cannot_
     }
     assert!(app.seen.lock().unwrap().iter().all(|s| s.uri != "/sneak"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_to_the_app_is_verified_against_the_configured_ca() {
+    let pki = Pki::new("upstream");
+    let stranger = Pki::new("upstream-stranger");
+    let (cert, key) = pki.issue("app", &["localhost"]);
+    let server_config = {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { break };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full("over tls")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+
+    let trusted = outrider(&format!("https://localhost:{port}")).env("OUTRIDER_UPSTREAM_CA", &pki.path("ca.pem")).start().await;
+    let (status, _, body) = get(&trusted.url("/")).await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"over tls"[..]));
+
+    let untrusted = outrider(&format!("https://localhost:{port}"))
+        .env("OUTRIDER_UPSTREAM_CA", &stranger.path("ca.pem"))
+        .env("OUTRIDER_BUFFER_TIMEOUT", "0")
+        .start()
+        .await;
+    assert_eq!(get(&untrusted.url("/")).await.unwrap().0, 502, "an app with an unverifiable certificate was trusted");
+    server.abort();
+}

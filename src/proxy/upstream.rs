@@ -47,6 +47,22 @@ pub struct ClientOptions {
     pub pool_max_idle: usize,
     /// Hold requests while the app refuses connections; `None` fails at once.
     pub buffer: Option<BufferOptions>,
+    /// TLS to the app (`https://` upstream).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How to speak TLS to the app.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name the app's certificate must carry.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").field("server_name", &self.server_name).finish()
+    }
 }
 
 /// Bounds on requests held while the app is away.
@@ -88,6 +104,7 @@ pub struct Connector {
     target: Target,
     timeout: Duration,
     buffer: Option<BufferOptions>,
+    tls: Option<UpstreamTls>,
     health: Health,
     /// Requests currently held (the `outrider_buffered_requests` gauge).
     held: Arc<AtomicUsize>,
@@ -142,6 +159,7 @@ impl Connector {
             target: options.target.clone(),
             timeout: options.connect_timeout,
             buffer: options.buffer,
+            tls: options.tls.clone(),
             health,
             held: Arc::new(AtomicUsize::new(0)),
             fail_fast: Arc::new(AtomicBool::new(false)),
@@ -167,7 +185,13 @@ impl Connector {
                 Target::Tcp(addr) => {
                     let stream = TcpStream::connect(&**addr).await?;
                     stream.set_nodelay(true)?;
-                    Ok(UpstreamIo::Tcp(TokioIo::new(stream)))
+                    match &self.tls {
+                        None => Ok(UpstreamIo::Tcp(TokioIo::new(stream))),
+                        Some(tls) => {
+                            let stream = tls.connector.connect(tls.server_name.clone(), stream).await?;
+                            Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
+                        }
+                    }
                 }
                 Target::Unix(path) => Ok(UpstreamIo::Unix(TokioIo::new(UnixStream::connect(path).await?))),
             }
@@ -266,13 +290,18 @@ impl tower::Service<Uri> for Connector {
 pub enum UpstreamIo {
     Tcp(TokioIo<TcpStream>),
     Unix(TokioIo<UnixStream>),
+    /// Boxed: a TLS session is large, and rare next to plain connections.
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 // === impl UpstreamIo ===
 
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
-        Connected::new()
+        match self {
+            Self::Tls(io) if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") => Connected::new().negotiated_h2(),
+            _ => Connected::new(),
+        }
     }
 }
 
@@ -281,6 +310,7 @@ impl hyper::rt::Read for UpstreamIo {
         match self.get_mut() {
             Self::Tcp(io) => Pin::new(io).poll_read(cx, buf),
             Self::Unix(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -290,6 +320,7 @@ impl hyper::rt::Write for UpstreamIo {
         match self.get_mut() {
             Self::Tcp(io) => Pin::new(io).poll_write(cx, buf),
             Self::Unix(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
 
@@ -297,6 +328,7 @@ impl hyper::rt::Write for UpstreamIo {
         match self.get_mut() {
             Self::Tcp(io) => Pin::new(io).poll_flush(cx),
             Self::Unix(io) => Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
 
@@ -304,6 +336,7 @@ impl hyper::rt::Write for UpstreamIo {
         match self.get_mut() {
             Self::Tcp(io) => Pin::new(io).poll_shutdown(cx),
             Self::Unix(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 
@@ -311,6 +344,7 @@ impl hyper::rt::Write for UpstreamIo {
         match self.get_mut() {
             Self::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             Self::Unix(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -318,6 +352,7 @@ impl hyper::rt::Write for UpstreamIo {
         match self {
             Self::Tcp(io) => io.is_write_vectored(),
             Self::Unix(io) => io.is_write_vectored(),
+            Self::Tls(io) => io.is_write_vectored(),
         }
     }
 }
