@@ -140,10 +140,13 @@ fn main() -> ExitCode {
         LogFormat::Pretty => telemetry::Format::Pretty,
         LogFormat::Auto => telemetry::Format::Auto,
     };
-    if let Err(e) = telemetry::init_logging(&config.log, format) {
-        eprintln!("outrider: cannot set up logging: {e}");
-        return ExitCode::from(EX_CONFIG);
-    }
+    let _log_guard = match telemetry::init_logging(&config.log, format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("outrider: cannot set up logging: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -339,7 +339,7 @@ async fn tls_h2_and_http1_and_hot_reload_without_dropping_connections() {
     let stream = tls_connect(proxy.listen, pki.client_config(None, &[b"http/1.1"])).await.unwrap();
     assert_eq!(peer_cn(&stream), "server-two");
     assert_eq!(h1_over(stream, "/still").await.unwrap().0, 200);
-    assert!(proxy.logs().iter().any(|l| l.contains("new TLS certificate rejected")));
+    proxy.wait_log("the rejected-certificate warning", |l| l.contains("new TLS certificate rejected")).await;
 
     // The connection opened before the rotation still works.
     let r = kept_sender.send_request(Request::get("/after").header("host", "localhost").body(full("")).unwrap()).await.unwrap();

@@ -186,8 +186,9 @@ async fn app_down_gives_502_with_a_reason() {
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
     assert!(String::from_utf8_lossy(&body).contains("refused"), "{body:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let logs = proxy.logs();
-    assert!(logs.iter().any(|l| l.contains("upstream request failed") && l.contains("\"error.kind\":\"connect\"")), "{logs:?}");
+    proxy
+        .wait_log("the upstream failure log line", |l| l.contains("upstream request failed") && l.contains("\"error.kind\":\"connect\""))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

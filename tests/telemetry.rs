@@ -221,8 +221,7 @@ async fn a_traced_request_gives_one_server_span_that_continues_the_callers_trace
     assert_eq!(seen.headers["baggage"], "tenant=acme");
 
     // The access log line carries the same ids.
-    let logs = proxy.logs();
-    let access = logs.iter().find(|l| l.contains("\"outrider::access\"") && l.contains("/orders/42")).expect("access log line");
+    let access = proxy.wait_log("the access log line", |l| l.contains("\"outrider::access\"") && l.contains("/orders/42")).await;
     assert!(access.contains(CALLER_TRACE) && access.contains(&span.span_id()), "{access}");
 
     // Exactly one span for the request.

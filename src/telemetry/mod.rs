@@ -16,25 +16,33 @@ pub enum Format {
 /// Installs the global subscriber. Logs go to stderr so that stdout stays
 /// the wrapped app's own, and `--print-config` output stays clean.
 ///
+/// Lines are written by a background thread: a request never waits on a
+/// `write(2)` to a slow log pipe. If the pipe stalls long enough to fill the
+/// buffer, lines are dropped rather than requests delayed. Keep the
+/// returned guard alive until exit; dropping it flushes what is queued.
+///
 /// # Errors
 /// Fails if `filter` is not valid EnvFilter syntax (config validates it
 /// first) or a subscriber is already installed.
-pub fn init_logging(filter: &str, format: Format) -> anyhow::Result<()> {
+pub fn init_logging(filter: &str, format: Format) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     let filter = EnvFilter::builder().parse(filter)?;
     let json = match format {
         Format::Json => true,
         Format::Pretty => false,
         Format::Auto => !std::io::stderr().is_terminal(),
     };
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(true).thread_name("outrider-log").finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_span_list(false).with_writer(std::io::stderr))
+            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_span_list(false).with_writer(writer))
             .try_init()?;
     } else {
-        registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()?;
+        let ansi = std::io::stderr().is_terminal();
+        registry.with(fmt::layer().with_ansi(ansi).with_writer(writer)).try_init()?;
     }
-    Ok(())
+    Ok(guard)
 }
 
 pub mod metrics;

@@ -366,6 +366,16 @@ impl Outrider {
             .unwrap_or(false)
     }
 
+    /// Waits for a log line matching `pred` (logs are written by a
+    /// background thread, so a line can trail the response it describes).
+    pub async fn wait_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        eventually(what, || {
+            let line = self.logs().into_iter().find(|l| pred(l));
+            async move { line }
+        })
+        .await
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
