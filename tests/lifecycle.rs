@@ -76,11 +76,7 @@ async fn sigterm_under_load_loses_nothing_and_stops_the_app_last() {
         .start()
         .await;
     let readyz = proxy.admin_url("/readyz");
-    eventually("readiness", || {
-        let url = readyz.clone();
-        async move { (status_of(&url).await == 200).then_some(()) }
-    })
-    .await;
+    wait_status(&readyz, 200).await;
 
     let sigterm_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let stop = Arc::new(AtomicBool::new(false));
@@ -200,11 +196,7 @@ async fn requests_sent_before_the_app_listens_are_held_not_failed() {
     }
     // The probes flip when the app is up, not before and not much after.
     let startupz = proxy.admin_url("/startupz");
-    eventually("/startupz", || {
-        let url = startupz.clone();
-        async move { (status_of(&url).await == 200).then_some(()) }
-    })
-    .await;
+    wait_status(&startupz, 200).await;
     let flipped = t0.elapsed();
     assert_eq!(status_of(&proxy.admin_url("/readyz")).await, 200);
     let started = app_events(&log).iter().find(|e| e.kind == "start").map(|e| e.at).expect("app start not logged");
@@ -226,11 +218,7 @@ async fn a_crashed_app_restarted_within_the_buffer_timeout_costs_no_request() {
     let script = format!("while :; do python3 {FIXTURE} --port {port} --log {}; sleep 1; done", log.display());
     let proxy = outrider(&format!("http://127.0.0.1:{port}")).args(["--", "sh", "-c", &script]).start().await;
     let readyz = proxy.admin_url("/readyz");
-    eventually("readiness", || {
-        let url = readyz.clone();
-        async move { (status_of(&url).await == 200).then_some(()) }
-    })
-    .await;
+    wait_status(&readyz, 200).await;
     assert_eq!(get(&proxy.url("/")).await.unwrap().0, 200);
 
     // Kill the app between requests, as a crash would.
@@ -318,11 +306,7 @@ async fn drain_endpoint_blocks_until_in_flight_requests_finish() {
     let app = App::start().await;
     let proxy = outrider(&app.url()).env("OUTRIDER_DRAIN_DELAY", "300ms").start().await;
     let readyz = proxy.admin_url("/readyz");
-    eventually("readiness", || {
-        let url = readyz.clone();
-        async move { (status_of(&url).await == 200).then_some(()) }
-    })
-    .await;
+    wait_status(&readyz, 200).await;
     let slow_url = proxy.url("/slow/1500");
     let slow = tokio::spawn(async move {
         let r = get(&slow_url).await.unwrap();
@@ -362,17 +346,9 @@ async fn a_second_sigterm_skips_the_drain() {
         .start()
         .await;
     let readyz = proxy.admin_url("/readyz");
-    eventually("readiness", || {
-        let url = readyz.clone();
-        async move { (status_of(&url).await == 200).then_some(()) }
-    })
-    .await;
+    wait_status(&readyz, 200).await;
     proxy.signal(Signal::SIGTERM);
-    eventually("the drain to start", || {
-        let url = readyz.clone();
-        async move { (status_of(&url).await == 503).then_some(()) }
-    })
-    .await;
+    wait_status(&readyz, 503).await;
     let t = Instant::now();
     proxy.signal(Signal::SIGTERM);
     assert_eq!(proxy.wait().await.code(), Some(9));

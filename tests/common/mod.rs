@@ -48,6 +48,12 @@ where
     }
 }
 
+/// Polls `url` until it answers `status`.
+pub async fn wait_status(url: &str, status: u16) {
+    eventually(&format!("{url} to answer {status}"), || async move { (get(url).await.map(|r| r.0).unwrap_or(0) == status).then_some(()) })
+        .await;
+}
+
 // ===== the upstream app =====
 
 /// What the app saw of one request.
