@@ -98,6 +98,24 @@ async fn bad_input_table() {
         row("slowloris: a head that never ends", "GET / HTTP/1.1\r\nHost: t\r\nX-Slow: 1\r\n", Expect::ClosedOr(Some(408))),
     ];
 
+    // Another client, served all along while the table runs.
+    let bystander_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bystander = {
+        let (stop, url) = (bystander_stop.clone(), proxy.url("/bystander"));
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let client = client();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match send(&client, Request::get(&url).body(full("")).unwrap()).await {
+                    Ok((200, _, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        })
+    };
+
     for Row { name, request, expect } in &table {
         let started = Instant::now();
         let (status, closed, text) = exchange(proxy.listen, request, Duration::from_secs(5)).await;
@@ -137,6 +155,23 @@ async fn bad_input_table() {
     assert_eq!(status, 200);
     assert_eq!(app.last().uri, "/abs");
     assert_eq!(app.last().headers["host"], "other.example");
+
+    // An idle keep-alive connection is closed after the header timeout too.
+    let mut stream = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    stream.write_all(b"GET /idle HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+        .await
+        .expect("idle keep-alive connection never closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", started.elapsed());
+
+    bystander_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = bystander.await.unwrap();
+    assert!(failed.is_empty(), "the bystander failed meanwhile: {failed:?}");
+    assert!(ok > 20, "the bystander got only {ok} responses");
 
     let logs = proxy.logs().join("\n");
     assert!(!logs.contains("panicked"), "outrider panicked:\n{logs}");
