@@ -389,3 +389,26 @@ fn promtool_check(text: &str) {
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool check metrics failed:\n{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_before_the_response_is_recorded_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).start().await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    stream.write_all(b"GET /slow/3000 HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    eventually("the request to reach the app", || {
+        let n = app.count();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    drop(stream);
+    let labels = r#"http_request_method="GET",http_response_status_code="499",network_protocol_version="1.1""#;
+    eventually("the 499 to be counted", || {
+        let proxy = &proxy;
+        async move { (sample(&scrape(proxy).await, "http_server_request_duration_seconds_count", labels) == 1.0).then_some(()) }
+    })
+    .await;
+    assert_eq!(sample(&scrape(&proxy).await, "http_server_active_requests", ""), 0.0);
+    proxy.wait_log("the access line", |l| l.contains("\"status\":499") && l.contains("client_closed")).await;
+}

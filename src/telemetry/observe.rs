@@ -45,6 +45,9 @@ use crate::{
 };
 
 static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+/// Status recorded for a request whose client left before the response.
+const CLIENT_CLOSED: u16 = 499;
+
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Options of the layer.
@@ -185,6 +188,12 @@ impl RequestState {
             return;
         }
         self.done = true;
+        if self.status == 0 {
+            // The client went away before any response: nginx's 499, so
+            // the label stays a status code and the case stays visible.
+            self.status = CLIENT_CLOSED;
+            self.error_kind = Some("client_closed");
+        }
         let observer = self.observer;
         let elapsed = self.start.elapsed();
         observer.metrics.active_requests.dec();
