@@ -147,7 +147,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker per CPU this process may use: std reads the affinity mask
+    // and the cgroup CPU quota, so a sidecar limited to one CPU gets a
+    // single-threaded runtime, which skips the work-stealing machinery.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let runtime = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cpus).enable_all().build()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");

@@ -286,3 +286,17 @@ async fn a_client_that_disconnects_mid_upload_cancels_the_request_at_the_app() {
     // The proxy is unharmed.
     assert_eq!(get(&proxy.url("/")).await.unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_one_cpu_the_single_threaded_runtime_serves_h1_h2_and_upgrades() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).one_cpu().start().await;
+    let (status, _, body) = send(&client(), Request::post(proxy.url("/echo")).body(pattern_body(1 << 20)).unwrap()).await.unwrap();
+    assert_eq!((status, body.len()), (200, 1 << 20));
+    let response = h2c_client().request(Request::get(proxy.url("/")).body(full("")).unwrap()).await.unwrap();
+    assert_eq!((response.version(), response.status().as_u16()), (Version::HTTP_2, 200));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.listen)).await.unwrap();
+    ws.send(Message::text("one cpu")).await.unwrap();
+    let echoed = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "one cpu");
+}

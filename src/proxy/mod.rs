@@ -17,10 +17,7 @@ pub mod upstream;
 
 use std::{
     convert::Infallible,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -135,10 +132,12 @@ pub struct ProxyOptions {
     pub client_cert_header: Option<http::HeaderName>,
 }
 
-/// The proxy, shared by every connection of the public listener.
-#[derive(Clone)]
+/// The proxy, shared by every connection of the public listener. Built
+/// once and leaked: it lives as long as the process, and requests then
+/// reach it without touching a shared reference count.
+#[derive(Clone, Copy)]
 pub struct Proxy {
-    inner: Arc<Inner>,
+    inner: &'static Inner,
 }
 
 struct Inner {
@@ -172,7 +171,7 @@ impl Proxy {
             upstream::Target::Unix(_) => Authority::from_static("localhost"),
         };
         Self {
-            inner: Arc::new(Inner {
+            inner: Box::leak(Box::new(Inner {
                 client: upstream::client(&options.client, connector),
                 upstream_scheme: Scheme::HTTP,
                 upstream_authority,
@@ -186,7 +185,7 @@ impl Proxy {
                 inflight: Box::leak(Box::new(AtomicUsize::new(0))),
                 max_body_bytes: options.max_body_bytes,
                 client_cert_header: options.client_cert_header.clone(),
-            }),
+            })),
         }
     }
 
@@ -196,12 +195,12 @@ impl Proxy {
         conn: ConnInfo,
     ) -> impl tower::Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + use<>
     {
-        let inner = self.inner.clone();
-        tower::service_fn(move |req| forward(inner.clone(), conn.clone(), req))
+        let inner = self.inner;
+        tower::service_fn(move |req| forward(inner, conn.clone(), req))
     }
 }
 
-async fn forward(inner: Arc<Inner>, conn: ConnInfo, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
+async fn forward(inner: &'static Inner, conn: ConnInfo, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
     if req.method() == Method::CONNECT {
         debug!("refusing CONNECT");
         return Ok(ProxyBody::error(ProxyError::MethodNotAllowed));

@@ -122,13 +122,17 @@ impl Tracing {
                     Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
                     None => ("OTEL_EXPORTER_OTLP_PROTOCOL", non_empty("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "grpc".into())),
                 };
+                // Exports run on a runtime of their own, on its own thread:
+                // encoding a batch must not hold up a request worker.
+                let runtime = export_runtime().map_err(|e| OtelError::Exporter(format!("cannot start the export thread: {e}")))?;
+                let _entered = runtime.enter();
                 let exporter = match protocol.as_str() {
                     "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
                     "http/protobuf" => opentelemetry_otlp::SpanExporter::builder().with_http().build(),
                     _ => return Err(OtelError::Invalid { var, value: protocol, reason: "expected grpc or http/protobuf" }),
                 }
                 .map_err(|e| OtelError::Exporter(e.to_string()))?;
-                let exporter = CountingExporter { inner: Arc::new(exporter), counters, runtime: tokio::runtime::Handle::current() };
+                let exporter = CountingExporter { inner: Arc::new(exporter), counters, runtime: runtime.clone() };
                 let processor = BatchSpanProcessor::builder(exporter).with_batch_config(BatchConfigBuilder::default().build()).build();
                 builder = builder.with_span_processor(processor);
                 format!("{endpoint} ({protocol})")
@@ -158,6 +162,14 @@ impl Tracing {
     }
 }
 
+/// A single-threaded runtime on a dedicated thread, for span export.
+fn export_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new().name("outrider-export".into()).spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
 fn non_empty(var: &str) -> Option<String> {
     std::env::var(var).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
@@ -172,7 +184,7 @@ fn env_flag(var: &'static str) -> Result<bool, OtelError> {
 }
 
 /// Counts what the collector accepted and what it did not, and runs each
-/// export on the Tokio runtime: the SDK's batch thread has no reactor, and
+/// export on the export runtime: the SDK's batch thread has no reactor, and
 /// both the gRPC and the HTTP client need one.
 #[derive(Debug)]
 struct CountingExporter<E> {

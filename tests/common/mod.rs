@@ -262,6 +262,7 @@ pub struct Outrider {
 pub struct Spawn {
     env: HashMap<String, String>,
     args: Vec<String>,
+    one_cpu: bool,
 }
 
 pub fn outrider(upstream: &str) -> Spawn {
@@ -277,7 +278,7 @@ pub fn outrider(upstream: &str) -> Spawn {
         env.insert(k.to_owned(), v.to_owned());
     }
     env.insert("OUTRIDER_UPSTREAM".into(), upstream.to_owned());
-    Spawn { env, args: Vec::new() }
+    Spawn { env, args: Vec::new(), one_cpu: false }
 }
 
 impl Spawn {
@@ -291,8 +292,21 @@ impl Spawn {
         self
     }
 
+    /// Runs outrider with an affinity mask of one CPU (as a sidecar with a
+    /// one-CPU limit), which selects its single-threaded runtime.
+    pub fn one_cpu(mut self) -> Self {
+        self.one_cpu = true;
+        self
+    }
+
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = if self.one_cpu {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
         // A clean slate: the developer's own OUTRIDER_*/OTEL_* must not leak in.
         for (k, _) in std::env::vars() {
             if k.starts_with("OUTRIDER_") || k.starts_with("OTEL_") {
