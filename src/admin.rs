@@ -179,18 +179,6 @@ fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     response
 }
 
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
-}
-
 /// `outrider wait-ready`: polls `/readyz` on `addr` until it answers 200,
 /// for an app's entrypoint or a start-up ordering script. True if ready
 /// within `timeout`.
@@ -219,4 +207,16 @@ async fn readyz_ok(addr: SocketAddr) -> bool {
         Some(sender.send_request(request).await.ok()?.status() == StatusCode::OK)
     };
     tokio::time::timeout(std::time::Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
 }

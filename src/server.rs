@@ -9,6 +9,7 @@
 //!   would be lost. Instead every response carries `Connection: close`, so
 //!   each client leaves after its next exchange. Idle ones are closed when
 //!   the listener closes (`Phase::Close`), after the drain delay.
+//!
 //! Connections accepted *while* draining are still served, because endpoint
 //! removal in Kubernetes takes seconds to propagate and those clients did
 //! nothing wrong; they just do not get keep-alive.

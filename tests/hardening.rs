@@ -347,7 +347,7 @@ async fn tls_h2_and_http1_and_hot_reload_without_dropping_connections() {
     let (mut h2, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let response = h2.send_request(Request::get(format!("https://localhost/h2")).body(full("")).unwrap()).await.unwrap();
+    let response = h2.send_request(Request::get("https://localhost/h2").body(full("")).unwrap()).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(app.last().headers["x-forwarded-proto"], "https");
 

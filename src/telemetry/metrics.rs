@@ -29,13 +29,16 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "pro
 /// millisecond, legacy apps take seconds; both ends need resolution.
 const LATENCY_BUCKETS: [f64; 16] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// One histogram handle per status code 100–599, created on first use.
+type StatusHandles = Box<[OnceLock<Histogram>]>;
+
 /// Every metric outrider exports.
 pub struct Metrics {
     registry: Registry,
     duration: HistogramVec,
     with_route: bool,
     /// `(route, method, version)` → lazily built per-status handle table.
-    handles: Box<[OnceLock<Box<[OnceLock<Histogram>]>>]>,
+    handles: Box<[OnceLock<StatusHandles>]>,
     route_labels: Vec<String>,
     pub active_requests: IntGauge,
     pub request_body_bytes: IntCounter,

@@ -227,10 +227,8 @@ async fn handle(record: Record, mut req: Request<Incoming>) -> Result<Response<T
             )
             .await;
             while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_text() || msg.is_binary() {
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
                 }
             }
         });
