@@ -228,7 +228,7 @@ impl RequestState {
                 method = %self.method_name,
                 path = self.uri.path(),
                 status = self.status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = millis(elapsed),
                 upstream_ms = self.upstream_ms,
                 bytes_out = self.bytes_out,
                 client = %self.client.ip(),
@@ -301,7 +301,7 @@ where
             return Poll::Pending;
         };
         state.status = response.status().as_u16();
-        state.upstream_ms = response.body().upstream_time().map(|d| d.as_secs_f64() * 1000.0);
+        state.upstream_ms = response.body().upstream_time().map(millis);
         state.error_kind = response.body().error_kind();
         if state.observer.options.trace_response {
             if let Some(span) = &state.span {
@@ -357,6 +357,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Milliseconds with microsecond resolution, so log lines show `3.752`
+/// rather than binary-float noise such as `3.7517679999999998`.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 fn split_host_port(host: &str) -> (&str, Option<u16>) {

@@ -79,6 +79,8 @@ pub struct Tracing {
     pub propagator: TextMapCompositePropagator,
     /// Where spans go, for the start-up log line.
     pub destination: String,
+    /// An exporter is configured.
+    exporting: bool,
 }
 
 impl fmt::Debug for Tracing {
@@ -96,7 +98,7 @@ impl Tracing {
     pub fn from_env(default_service_name: &str, counters: ExportCounters) -> Result<Self, OtelError> {
         let propagator = TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())]);
         if env_flag("OTEL_SDK_DISABLED")? {
-            return Ok(Self { tracer: None, provider: None, propagator, destination: "disabled".into() });
+            return Ok(Self { tracer: None, provider: None, propagator, destination: "disabled".into(), exporting: false });
         }
         let mut resource = Resource::builder();
         let service_name_set = non_empty("OTEL_SERVICE_NAME").is_some()
@@ -115,6 +117,7 @@ impl Tracing {
 
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
         let endpoint = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let exporting = endpoint.is_some();
         let destination = match endpoint {
             None => "none (OTEL_EXPORTER_OTLP_ENDPOINT unset): trace ids only".to_owned(),
             Some(endpoint) => {
@@ -141,7 +144,7 @@ impl Tracing {
         let provider = builder.build();
         use opentelemetry::trace::TracerProvider as _;
         let tracer = provider.tracer("outrider");
-        Ok(Self { tracer: Some(tracer), provider: Some(provider), propagator, destination })
+        Ok(Self { tracer: Some(tracer), provider: Some(provider), propagator, destination, exporting })
     }
 
     /// Exports what is queued, waiting at most `timeout`. Blocking: call
@@ -149,7 +152,8 @@ impl Tracing {
     pub fn shutdown(&self, timeout: Duration) {
         let Some(provider) = &self.provider else { return };
         match provider.shutdown_with_timeout(timeout) {
-            Ok(()) => info!("telemetry flushed"),
+            Ok(()) if self.exporting => info!("queued spans exported"),
+            Ok(()) => {}
             Err(e) => warn!(error = %e, "telemetry flush incomplete"),
         }
     }
