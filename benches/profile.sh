@@ -20,6 +20,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
 SECS="${1:-10}"
 [[ "$SECS" =~ ^[0-9]+$ ]] || {
@@ -59,18 +61,9 @@ cargo build --release --locked --manifest-path "$HERE/upstream/Cargo.toml" || di
 TMP="$(mktemp -d /tmp/outrider-profile.XXXXXX)"
 PIDS=()
 cleanup() {
-    local rc=$? i p
+    local rc=$?
     trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        p=${PIDS[i]}
-        kill -TERM "$p" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids
     if ((rc != 0)); then
         echo "profile.sh: failed (exit $rc); logs in $TMP" >&2
     else

@@ -19,6 +19,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=benches/lib.sh
+source "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
 HELPERS="$HERE/helpers.py"
 
@@ -113,19 +115,7 @@ KEEP_TMP=${BENCH_KEEP_TMP:-0} # 1: keep logs and raw wrk output
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    local p i
-    # Newest first: outrider flushes its spans to the sink and its
-    # connections to the upstream close before those two go.
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        p=${PIDS[i]}
-        kill -TERM "$p" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids
     if ((rc != 0)); then
         echo "run.sh: failed (exit $rc); logs kept in $TMP:" >&2
         local f
