@@ -80,14 +80,15 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 
 /// Appends `value` to the comma-separated list in `name`, folding any
 /// repeated header lines into one, so the original first hop stays first.
-pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+/// When the header is absent (the common case) `value` is inserted as it
+/// is: no copy, no allocation for static or shared values.
+pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
     let mut existing = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).peekable();
     if existing.peek().is_none() {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name.clone(), v);
-        }
+        headers.insert(name.clone(), value);
         return;
     }
+    let Ok(value) = value.to_str() else { return };
     let mut joined = String::with_capacity(64);
     for v in existing {
         if !joined.is_empty() {
@@ -106,9 +107,11 @@ pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 /// `host` is a clone of the request's Host (a reference count, not a copy).
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
     let mut buf = [0u8; 64];
-    append_list(headers, &X_FORWARDED_FOR, format_ip(client, &mut buf));
-    append_list(headers, &X_FORWARDED_PROTO, proto);
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+    if let Ok(ip) = HeaderValue::from_str(format_ip(client, &mut buf)) {
+        append_list(headers, &X_FORWARDED_FOR, ip);
+    }
+    append_list(headers, &X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = host {
         append_list(headers, &X_FORWARDED_HOST, host);
     }
 }
@@ -120,7 +123,7 @@ pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
         http::Version::HTTP_10 => "1.0 outrider",
         _ => "1.1 outrider",
     };
-    append_list(headers, &VIA, hop);
+    append_list(headers, &VIA, HeaderValue::from_static(hop));
 }
 
 /// Formats an IP without a heap allocation.
