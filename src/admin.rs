@@ -142,11 +142,7 @@ async fn drain(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) ->
 }
 
 fn authorized(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> bool {
-    let ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        v4 => v4,
-    };
-    if ip.is_loopback() {
+    if peer.ip().to_canonical().is_loopback() {
         return true;
     }
     let (Some(token), Some(given)) = (&state.token, req.headers().get(header::AUTHORIZATION)) else { return false };
@@ -198,13 +194,8 @@ pub async fn wait_ready(addr: SocketAddr, timeout: std::time::Duration) -> bool 
 async fn readyz_ok(addr: SocketAddr) -> bool {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = Request::get("/readyz").header(header::HOST, addr.to_string()).body(http_body_util::Empty::new()).ok()?;
-        Some(sender.send_request(request).await.ok()?.status() == StatusCode::OK)
+        let status = crate::health::get_status(hyper_util::rt::TokioIo::new(stream), &addr.to_string(), "/readyz").await.ok()?;
+        Some(status == StatusCode::OK)
     };
     tokio::time::timeout(std::time::Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
 }

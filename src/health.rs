@@ -167,6 +167,19 @@ async fn check_once(connector: &Connector, host: &str, check: &Check) -> Result<
 }
 
 async fn http_check(io: UpstreamIo, host: &str, path: &str) -> Result<(), String> {
+    let status = get_status(io, host, path).await?;
+    if status.is_success() || status.is_redirection() { Ok(()) } else { Err(format!("health check {path} returned {}", status.as_u16())) }
+}
+
+/// One `GET path` over a fresh HTTP/1.1 connection on `io`; the status.
+/// Shared by the app health check and `outrider wait-ready`.
+///
+/// # Errors
+/// The handshake or the request failed, or `path` is not a valid target.
+pub async fn get_status<I>(io: I, host: &str, path: &str) -> Result<http::StatusCode, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -176,8 +189,7 @@ async fn http_check(io: UpstreamIo, host: &str, path: &str) -> Result<(), String
         .header(header::USER_AGENT, concat!("outrider-health/", env!("CARGO_PKG_VERSION")))
         .header(header::CONNECTION, "close")
         .body(Empty::new())
-        .map_err(|e| format!("bad health check path: {e}"))?;
-    let response = sender.send_request(request).await.map_err(|e| format!("health check request: {e}"))?;
-    let status = response.status();
-    if status.is_success() || status.is_redirection() { Ok(()) } else { Err(format!("health check {path} returned {}", status.as_u16())) }
+        .map_err(|e| format!("bad path {path:?}: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+    Ok(response.status())
 }

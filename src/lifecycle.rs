@@ -153,20 +153,11 @@ impl Lifecycle {
         self.drained.send_replace(true);
 
         // 3. Only now does the app hear about it.
-        match &app {
-            App::Child(child) => self.stop_child(child).await,
-            App::External(external) => {
-                external.stop(plan.app_stop_timeout).await;
-                0
-            }
-            App::None => {
-                if by_request {
-                    info!("drained; waiting for SIGTERM to exit");
-                    let _ = self.wait(None, std::future::pending::<()>()).await;
-                }
-                0
-            }
+        if by_request && matches!(app, App::None) {
+            info!("drained; waiting for SIGTERM to exit");
+            let _ = self.wait(None, std::future::pending::<()>()).await;
         }
+        self.stop_app(&app).await
     }
 
     /// Waits for `fut`, forwarding pass-through signals to the app meanwhile.
@@ -194,6 +185,11 @@ impl Lifecycle {
         warn!("shutdown signal during the drain: skipping the rest of it");
         self.close_now();
         self.drained.send_replace(true);
+        self.stop_app(app).await
+    }
+
+    /// Stops whatever app there is; returns the exit code to report.
+    async fn stop_app(&mut self, app: &App) -> i32 {
         match app {
             App::Child(child) => self.stop_child(child).await,
             App::External(external) => {

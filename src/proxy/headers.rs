@@ -130,10 +130,7 @@ pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
 fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
     use std::io::Write;
     // Unwrap IPv4-mapped IPv6 so apps see the address they expect.
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = ip.to_canonical();
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     // An IPv6 address is at most 45 bytes; 64 always fits.
     let _ = write!(cursor, "{ip}");
