@@ -38,51 +38,52 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Classifies an error from the upstream client by walking its source
-    /// chain; never by matching strings.
-    pub fn classify(err: &hyper_util::client::legacy::Error) -> Self {
+    /// chain; never by matching strings. `None` when nothing in the chain
+    /// tells.
+    pub fn classify(err: &(dyn StdError + 'static)) -> Option<Self> {
         // Our own body limit sits deep in the chain, under hyper's "user
         // body error"; it decides before anything above it.
-        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        let mut source = Some(err);
         while let Some(e) = source {
             if e.is::<BodyTooLarge>() {
-                return Self::PayloadTooLarge;
+                return Some(Self::PayloadTooLarge);
             }
             source = e.source();
         }
-        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        let mut source = Some(err);
         while let Some(e) = source {
             if let Some(c) = e.downcast_ref::<ConnectError>() {
-                return match c {
+                return Some(match c {
                     ConnectError::Timeout { .. } => Self::ConnectTimeout,
                     ConnectError::Io { .. } => Self::ConnectRefused,
                     ConnectError::BufferFull { .. } | ConnectError::BufferTimeout { .. } => Self::Unavailable,
-                };
+                });
             }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
                 if h.is_user() || h.is_body_write_aborted() {
                     // The request body we were streaming failed: that is the
                     // client's side, not the app's.
-                    return Self::ClientAborted;
+                    return Some(Self::ClientAborted);
                 }
                 if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                    return Self::Protocol;
+                    return Some(Self::Protocol);
                 }
                 if h.is_timeout() {
-                    return Self::Timeout;
+                    return Some(Self::Timeout);
                 }
                 if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
-                    return Self::Reset;
+                    return Some(Self::Reset);
                 }
             }
             if let Some(io) = e.downcast_ref::<io::Error>() {
-                return match io.kind() {
+                return Some(match io.kind() {
                     io::ErrorKind::TimedOut => Self::Timeout,
                     _ => Self::Reset,
-                };
+                });
             }
             source = e.source();
         }
-        if err.is_connect() { Self::ConnectRefused } else { Self::Protocol }
+        None
     }
 
     /// The status the client receives.

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use std::{
@@ -34,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, warn};
 
 pub use self::error::ProxyError;
-use self::upstream::UpstreamClient;
+use self::{pool::Lease, upstream::UpstreamClient};
 use crate::{
     body::{Outcome, RequestBody},
     server::ConnInfo,
@@ -46,6 +47,9 @@ use crate::{
 #[derive(Debug)]
 pub struct ProxyBody {
     inner: Either<Incoming, Full<Bytes>>,
+    /// The HTTP/1 app connection this body arrives on: polled here, and
+    /// back in the pool once the body has ended.
+    lease: Option<Lease>,
     upstream_time: Option<Duration>,
     error: Option<ProxyError>,
     /// Released when the body is dropped, i.e. once it was sent.
@@ -54,7 +58,7 @@ pub struct ProxyBody {
 
 impl ProxyBody {
     fn error(error: ProxyError) -> Response<Self> {
-        error.into_response().map(|body| Self { inner: Either::Right(body), upstream_time: None, error: Some(error), _slot: None })
+        error.into_response().map(|body| Self { inner: Either::Right(body), lease: None, upstream_time: None, error: Some(error), _slot: None })
     }
 }
 
@@ -86,9 +90,39 @@ impl hyper::body::Body for ProxyBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        match &mut self.inner {
-            Either::Left(body) => std::pin::Pin::new(body).poll_frame(cx),
-            Either::Right(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
+        use std::task::Poll;
+        let this = &mut *self;
+        let body = match &mut this.inner {
+            Either::Left(body) => body,
+            Either::Right(body) => return std::pin::Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
+        };
+        let Some(lease) = this.lease.as_mut() else { return std::pin::Pin::new(body).poll_frame(cx) };
+        // The body first: its next frame is often read already. Only when
+        // it has none does the connection read more, and then the body
+        // gets a second look rather than a wake-up of its own.
+        let mut drove = false;
+        loop {
+            match std::pin::Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending if !drove => {
+                    lease.poll_driver(cx);
+                    drove = true;
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if body.is_end_stream() {
+                        lease.release();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    lease.release();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.lease = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
         }
     }
 
@@ -98,6 +132,18 @@ impl hyper::body::Body for ProxyBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that reports its end (known length,
+        // `HEAD`, 204/304): the connection is reusable all the same.
+        if let (Some(lease), Either::Left(body)) = (self.lease.as_mut(), &self.inner) {
+            if hyper::body::Body::is_end_stream(body) {
+                lease.release();
+            }
+        }
     }
 }
 
@@ -141,7 +187,7 @@ pub struct Proxy {
 }
 
 struct Inner {
-    client: UpstreamClient,
+    upstream: Upstream,
     /// URI parts of the app, pre-parsed once: cloning them is a refcount.
     upstream_scheme: Scheme,
     upstream_authority: Authority,
@@ -159,6 +205,16 @@ struct Inner {
     client_cert_header: Option<http::HeaderName>,
 }
 
+/// How requests reach the app.
+enum Upstream {
+    /// HTTP/1: each connection is driven by the request using it.
+    Http1(&'static pool::Pool),
+    /// HTTP/2 (prior knowledge or ALPN): hyper-util's client, whose
+    /// connections run as tasks of their own and multiplex requests.
+    /// Boxed: the client is large and this variant the rare one.
+    Http2(Box<UpstreamClient>),
+}
+
 // === impl Proxy ===
 
 impl Proxy {
@@ -172,7 +228,11 @@ impl Proxy {
         };
         Self {
             inner: Box::leak(Box::new(Inner {
-                client: upstream::client(&options.client, connector),
+                upstream: if options.client.http2 {
+                    Upstream::Http2(Box::new(upstream::client(&options.client, connector)))
+                } else {
+                    Upstream::Http1(pool::Pool::new(connector, options.client.pool_max_idle, options.client.pool_idle_timeout))
+                },
                 upstream_scheme: Scheme::HTTP,
                 upstream_authority,
                 upstream_version: if options.client.http2 { Version::HTTP_2 } else { Version::HTTP_11 },
@@ -252,16 +312,24 @@ async fn forward(inner: &'static Inner, conn: ConnInfo, mut req: Request<Request
     if inner.via {
         headers::add_via(&mut parts.headers, client_version);
     }
-    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(inner.upstream_scheme.clone());
-    uri.authority = Some(inner.upstream_authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(uri) => uri,
-        // Unreachable with parts taken from valid URIs; answer rather than panic.
-        Err(_) => return Ok(ProxyBody::error(ProxyError::Protocol)),
-    };
+    // HTTP/1 sends the origin form (`/path?query`), which is what the
+    // client sent in all but the rare absolute-form request; HTTP/2 needs
+    // the scheme and authority for its pseudo-headers.
+    let http2 = matches!(inner.upstream, Upstream::Http2(_));
+    if http2 || parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        if http2 {
+            uri.scheme = Some(inner.upstream_scheme.clone());
+            uri.authority = Some(inner.upstream_authority.clone());
+        }
+        uri.path_and_query = Some(path_and_query);
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(uri) => uri,
+            // Unreachable with parts taken from valid URIs; answer rather than panic.
+            Err(_) => return Ok(ProxyBody::error(ProxyError::Protocol)),
+        };
+    }
     parts.version = inner.upstream_version;
     let method = parts.method.clone();
     // For log lines: the trace context telemetry put on the request.
@@ -269,18 +337,18 @@ async fn forward(inner: &'static Inner, conn: ConnInfo, mut req: Request<Request
     let request = Request::from_parts(parts, body);
 
     let sent_at = Instant::now();
-    let sent = inner.client.request(request);
+    let sent = send(inner, request, upgrade);
     let result: Result<_, UpstreamFailure> = match inner.request_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(result) => result.map_err(Into::into),
+            Ok(result) => result,
             Err(_) => Err(UpstreamFailure(ProxyError::Timeout, format!("no response head within {limit:?}"))),
         },
-        None => sent.await.map_err(Into::into),
+        None => sent.await,
     };
 
     let upstream_time = sent_at.elapsed();
-    let mut response = match result {
-        Ok(response) => response,
+    let (mut response, lease) = match result {
+        Ok(exchange) => exchange,
         Err(UpstreamFailure(error, detail)) => {
             let (trace_id, span_id) = trace_ids(traceparent.as_ref());
             warn!(%method, error.kind = error.kind(), error.detail = %detail, status = error.status().as_u16(), trace_id, span_id, "upstream request failed");
@@ -320,7 +388,23 @@ async fn forward(inner: &'static Inner, conn: ConnInfo, mut req: Request<Request
             .in_current_span(),
         );
     }
-    Ok(response.map(|body| ProxyBody { inner: Either::Left(body), upstream_time: Some(upstream_time), error: None, _slot: slot }))
+    Ok(response.map(|body| ProxyBody { inner: Either::Left(body), lease, upstream_time: Some(upstream_time), error: None, _slot: slot }))
+}
+
+/// Sends the request on the configured protocol.
+async fn send(inner: &'static Inner, request: Request<RequestBody>, upgrade: bool) -> Result<(Response<Incoming>, Option<Lease>), UpstreamFailure> {
+    match &inner.upstream {
+        Upstream::Http1(pool) => pool.send(request, upgrade).await.map_err(|e| match e {
+            // Classified from the inner error itself: `transparent` would
+            // hide it from a walk down the source chain.
+            pool::PoolError::Connect(e) => UpstreamFailure::new(&e, ProxyError::ConnectRefused),
+            pool::PoolError::Http(e) => UpstreamFailure::new(&e, ProxyError::Protocol),
+        }),
+        Upstream::Http2(client) => match client.request(request).await {
+            Ok(response) => Ok((response, None)),
+            Err(e) => Err(UpstreamFailure::new(&e, if e.is_connect() { ProxyError::ConnectRefused } else { ProxyError::Protocol })),
+        },
+    }
 }
 
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -337,12 +421,13 @@ fn trace_ids(traceparent: Option<&HeaderValue>) -> (&str, &str) {
 /// An upstream failure with its classification and the underlying cause.
 struct UpstreamFailure(ProxyError, String);
 
-impl From<hyper_util::client::legacy::Error> for UpstreamFailure {
-    fn from(e: hyper_util::client::legacy::Error) -> Self {
-        let kind = ProxyError::classify(&e);
+impl UpstreamFailure {
+    /// Classifies `e`, falling back to `otherwise` when its chain does not tell.
+    fn new(e: &(dyn std::error::Error + 'static), otherwise: ProxyError) -> Self {
+        let kind = ProxyError::classify(e).unwrap_or(otherwise);
         // The full chain, for the log line only.
         let mut detail = e.to_string();
-        let mut source = std::error::Error::source(&e);
+        let mut source = e.source();
         while let Some(s) = source {
             detail.push_str(": ");
             detail.push_str(&s.to_string());

@@ -176,6 +176,10 @@ impl Connector {
     /// # Errors
     /// The app refused, was unreachable, or did not answer in time.
     pub async fn connect_once(&self) -> Result<UpstreamIo, ConnectError> {
+        self.connect_within(self.timeout).await
+    }
+
+    async fn connect_within(&self, timeout: Duration) -> Result<UpstreamIo, ConnectError> {
         let describe = || match &self.target {
             Target::Tcp(addr) => addr.to_string(),
             Target::Unix(path) => format!("unix:{}", path.display()),
@@ -196,10 +200,10 @@ impl Connector {
                 Target::Unix(path) => Ok(UpstreamIo::Unix(TokioIo::new(UnixStream::connect(path).await?))),
             }
         };
-        let result = match tokio::time::timeout(self.timeout, connect).await {
+        let result = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(io)) => Ok(io),
             Ok(Err(source)) => Err(ConnectError::Io { target: describe(), source }),
-            Err(_) => Err(ConnectError::Timeout { target: describe(), timeout: self.timeout }),
+            Err(_) => Err(ConnectError::Timeout { target: describe(), timeout }),
         };
         match &result {
             Ok(_) => {
@@ -212,7 +216,11 @@ impl Connector {
     }
 
     /// Connects, holding the caller while the app refuses connections.
-    async fn connect(self) -> Result<UpstreamIo, ConnectError> {
+    ///
+    /// # Errors
+    /// As [`Self::connect_once`], or the app stayed away past the buffer
+    /// bounds.
+    pub async fn connect(&self) -> Result<UpstreamIo, ConnectError> {
         let first = match self.connect_once().await {
             Ok(io) => return Ok(io),
             Err(e) => e,
@@ -243,12 +251,20 @@ impl Connector {
                 }
                 return Err(ConnectError::BufferTimeout { waited: buffer.timeout });
             }
-            match self.connect_once().await {
+            // Bounded by the deadline too, so a hold never outlasts it.
+            let limit = self.timeout.min(deadline.saturating_duration_since(Instant::now()));
+            match self.connect_within(limit).await {
                 Ok(io) => {
                     debug!(held_for = ?started.elapsed(), "app accepted; sending the held request");
                     return Ok(io);
                 }
-                Err(e) if e.is_refused() => backoff = (backoff * 2).min(Duration::from_millis(200)),
+                // A timeout here is an app that has only just started
+                // listening: a burst of held requests overflows a small
+                // listen backlog (5 in many frameworks), and the kernel
+                // drops the excess SYNs. Nothing was sent; try again.
+                Err(e) if e.is_refused() || matches!(e, ConnectError::Timeout { .. }) => {
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -281,7 +297,8 @@ impl tower::Service<Uri> for Connector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         // Boxed: runs once per new connection, not per request.
-        Box::pin(self.clone().connect())
+        let connector = self.clone();
+        Box::pin(async move { connector.connect().await })
     }
 }
 
