@@ -33,7 +33,6 @@ use hyper::body::{Body, Incoming};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use tokio::{
     net::TcpListener,
@@ -200,7 +199,7 @@ async fn drive<I, M, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let is_h2 = Arc::new(AtomicBool::new(false));
-    let service = TowerToHyperService::new(DrainAware { inner: make_service(info), draining, is_h2: is_h2.clone() });
+    let service = InPlace(std::cell::RefCell::new(DrainAware { inner: make_service(info), draining, is_h2: is_h2.clone() }));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -263,6 +262,62 @@ fn build(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
 /// Errors that concern one failed handshake, not the listener.
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// Calls a tower service from hyper without cloning it for each request.
+///
+/// hyper calls through `&self`; tower through `&mut self`, after a
+/// readiness poll. hyper-util's `TowerToHyperService` bridges the two by
+/// cloning the whole service stack per request. The stacks served here
+/// are ready at all times (they shed load by answering, not by
+/// back-pressure), so the connection keeps one and calls it in place.
+struct InPlace<S>(std::cell::RefCell<S>);
+
+/// The service was not ready, or was already being called (neither
+/// happens with the services outrider builds). hyper closes the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("service not ready")]
+struct NotReady;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for InPlace<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = NotReady;
+    type Future = InPlaceFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let Ok(mut service) = self.0.try_borrow_mut() else { return InPlaceFuture::NotReady };
+        match service.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => InPlaceFuture::Called { inner: service.call(req) },
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => InPlaceFuture::NotReady,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`InPlace`].
+    #[project = InPlaceProj]
+    enum InPlaceFuture<F> {
+        Called { #[pin] inner: F },
+        NotReady,
+    }
+}
+
+impl<F, B> Future for InPlaceFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<B>, NotReady>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            InPlaceProj::Called { inner } => inner.poll(cx).map(|Ok(response)| Ok(response)),
+            InPlaceProj::NotReady => Poll::Ready(Err(NotReady)),
+        }
+    }
 }
 
 /// Adds `Connection: close` to HTTP/1 responses once the process drains,

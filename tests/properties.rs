@@ -88,7 +88,7 @@ proptest! {
         for e in &existing {
             map.append("x-forwarded-for", HeaderValue::from_str(e).unwrap());
         }
-        headers::add_forwarded(&mut map, last.into(), "http", None);
+        headers::add_forwarded(&mut map, headers::forwarded_for(last.into()), "http", None);
         let value = map.get("x-forwarded-for").unwrap().to_str().unwrap().to_owned();
         let mut expected = existing.clone();
         expected.push(last.to_string());

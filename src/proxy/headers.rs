@@ -22,6 +22,14 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// When `keep_upgrade` is set (a protocol upgrade being forwarded), the
 /// `Upgrade` header is kept and `Connection: upgrade` re-added.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names, with no
+    // hashing, then nothing more to do.
+    if !headers.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     // Names listed in Connection are hop-by-hop too. Collected first
     // because removing while iterating the map is not possible; the common
     // case (no Connection header, or `keep-alive`/`close`) allocates nothing.
@@ -69,6 +77,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The fixed hop-by-hop set, plus `Connection` (which may name more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// True when an HTTP/1.1 request asks to switch protocols.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
@@ -83,32 +103,43 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// When the header is absent (the common case) `value` is inserted as it
 /// is: no copy, no allocation for static or shared values.
 pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    let mut existing = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).peekable();
-    if existing.peek().is_none() {
-        headers.insert(name.clone(), value);
-        return;
-    }
+    // One hash for the common case, through the entry.
+    let mut entry = match headers.entry(name) {
+        http::header::Entry::Vacant(vacant) => {
+            vacant.insert(value);
+            return;
+        }
+        http::header::Entry::Occupied(entry) => entry,
+    };
     let Ok(value) = value.to_str() else { return };
     let mut joined = String::with_capacity(64);
-    for v in existing {
+    for v in entry.iter().filter_map(|v| v.to_str().ok()) {
         if !joined.is_empty() {
             joined.push_str(", ");
         }
         joined.push_str(v);
     }
-    joined.push_str(", ");
+    if !joined.is_empty() {
+        joined.push_str(", ");
+    }
     joined.push_str(value);
     if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name.clone(), v);
+        entry.insert(v);
     }
 }
 
-/// Adds the `X-Forwarded-*` headers for one hop.
-/// `host` is a clone of the request's Host (a reference count, not a copy).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
+/// The `X-Forwarded-For` entry for a client: built once per connection.
+pub fn forwarded_for(client: IpAddr) -> Option<HeaderValue> {
     let mut buf = [0u8; 64];
-    if let Ok(ip) = HeaderValue::from_str(format_ip(client, &mut buf)) {
-        append_list(headers, &X_FORWARDED_FOR, ip);
+    HeaderValue::from_str(format_ip(client, &mut buf)).ok()
+}
+
+/// Adds the `X-Forwarded-*` headers for one hop. `client` comes from
+/// [`forwarded_for`]; `host` is a clone of the request's Host. Both are
+/// reference counts, not copies.
+pub fn add_forwarded(headers: &mut HeaderMap, client: Option<HeaderValue>, proto: &'static str, host: Option<HeaderValue>) {
+    if let Some(client) = client {
+        append_list(headers, &X_FORWARDED_FOR, client);
     }
     append_list(headers, &X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
@@ -187,12 +218,12 @@ mod tests {
     #[test]
     fn forwarded_for_appends_and_folds() {
         let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        add_forwarded(&mut h, "::ffff:10.0.0.1".parse().unwrap(), "http", Some(HeaderValue::from_static("a.example")));
+        add_forwarded(&mut h, forwarded_for("::ffff:10.0.0.1".parse().unwrap()), "http", Some(HeaderValue::from_static("a.example")));
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "2001:db8::1".parse().unwrap(), "https", None);
+        add_forwarded(&mut h, forwarded_for("2001:db8::1".parse().unwrap()), "https", None);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "2001:db8::1");
     }
 }

@@ -18,6 +18,7 @@ pub mod upstream;
 
 use std::{
     convert::Infallible,
+    sync::Arc,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
@@ -256,11 +257,26 @@ impl Proxy {
     ) -> impl tower::Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + use<>
     {
         let inner = self.inner;
-        tower::service_fn(move |req| forward(inner, conn.clone(), req))
+        let peer = Arc::new(Peer {
+            forwarded_for: headers::forwarded_for(conn.remote.ip()),
+            client_subject: conn.client_subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()),
+        });
+        // Boxed once here: the exchange's state is a few KiB, and unboxed it
+        // would be copied whole by every layer that wraps it and again into
+        // hyper's connection; one allocation costs less than those copies.
+        tower::service_fn(move |req| Box::pin(forward(inner, peer.clone(), req)))
     }
 }
 
-async fn forward(inner: &'static Inner, conn: ConnInfo, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
+/// What a request needs from its connection, prepared once per connection.
+struct Peer {
+    /// This client's `X-Forwarded-For` entry.
+    forwarded_for: Option<HeaderValue>,
+    /// Subject of the client's verified certificate (mTLS).
+    client_subject: Option<HeaderValue>,
+}
+
+async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
     if req.method() == Method::CONNECT {
         debug!("refusing CONNECT");
         return Ok(ProxyBody::error(ProxyError::MethodNotAllowed));
@@ -300,7 +316,7 @@ async fn forward(inner: &'static Inner, conn: ConnInfo, mut req: Request<Request
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(name) = &inner.client_cert_header {
         parts.headers.remove(name);
-        if let Some(subject) = conn.client_subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+        if let Some(subject) = peer.client_subject.clone() {
             parts.headers.insert(name.clone(), subject);
         }
     }
@@ -308,7 +324,7 @@ async fn forward(inner: &'static Inner, conn: ConnInfo, mut req: Request<Request
     // once the app connection is up; the app must not answer it again.
     parts.headers.remove(EXPECT);
     let host = parts.headers.get(HOST).cloned();
-    headers::add_forwarded(&mut parts.headers, conn.remote.ip(), inner.scheme, host);
+    headers::add_forwarded(&mut parts.headers, peer.forwarded_for.clone(), inner.scheme, host);
     if inner.via {
         headers::add_via(&mut parts.headers, client_version);
     }

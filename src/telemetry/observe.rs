@@ -96,7 +96,7 @@ impl Observer {
         Observe { inner, observer: self, conn }
     }
 
-    fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo) -> RequestState {
+    fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo) -> Box<RequestState> {
         let start = Instant::now();
         let method = method_index(req.method());
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
@@ -144,7 +144,9 @@ impl Observer {
             span
         });
         self.metrics.active_requests.inc();
-        RequestState {
+        // Boxed: it travels from the response future into the response
+        // body and through every layer in between, moved each time.
+        Box::new(RequestState {
             observer: self,
             start,
             method,
@@ -159,7 +161,7 @@ impl Observer {
             upstream_ms: None,
             error_kind: None,
             done: false,
-        }
+        })
     }
 }
 
@@ -282,7 +284,7 @@ pin_project_lite::pin_project! {
     pub struct ObserveFuture<F> {
         #[pin]
         inner: F,
-        state: Option<RequestState>,
+        state: Option<Box<RequestState>>,
     }
 }
 
@@ -325,7 +327,7 @@ where
 /// The response body, counted; finishes the request's record when it ends.
 pub struct ObservedBody<B> {
     inner: B,
-    state: RequestState,
+    state: Box<RequestState>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
