@@ -22,7 +22,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -160,7 +160,7 @@ pub async fn serve<M, S, B>(
                 let _open = open;
                 let info = ConnInfo { remote, local, tls: tls.is_some(), client_subject: None };
                 match tls {
-                    None => drive(&builder, TokioIo::new(stream), &*make_service, info, draining, phase).await,
+                    None => drive(&builder, TokioIo::new(stream), &*make_service, info, draining, phase, handshake_timeout).await,
                     Some(acceptor) => {
                         // The handshake is bounded like a request head:
                         // a client that stalls it is a slowloris too.
@@ -171,7 +171,7 @@ pub async fn serve<M, S, B>(
                         };
                         let client_subject = crate::tls::client_subject(stream.get_ref().1).map(Arc::from);
                         let info = ConnInfo { client_subject, ..info };
-                        drive(&builder, TokioIo::new(stream), &*make_service, info, draining, phase).await;
+                        drive(&builder, TokioIo::new(stream), &*make_service, info, draining, phase, handshake_timeout).await;
                     }
                 }
             }
@@ -181,7 +181,14 @@ pub async fn serve<M, S, B>(
     debug!(listener = name, "stopped accepting");
 }
 
-/// Serves one connection to the end, draining it as the phase advances.
+/// Serves one connection to the end, draining it as the phase advances,
+/// and closing an HTTP/1 connection that waits longer than `head_timeout`
+/// for a request head (a slowloris, or an idle keep-alive).
+///
+/// That bound is one timer per connection that is only re-armed when it
+/// fires, rather than hyper's `header_read_timeout`, which allocates and
+/// registers a fresh timer for every request: on a busy keep-alive
+/// connection the timer here is never touched at all.
 async fn drive<I, M, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
@@ -189,47 +196,110 @@ async fn drive<I, M, S, B>(
     info: ConnInfo,
     draining: &'static AtomicBool,
     mut phase: watch::Receiver<Phase>,
+    head_timeout: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     M: Fn(ConnInfo) -> S,
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let is_h2 = Arc::new(AtomicBool::new(false));
-    let service = InPlace(std::cell::RefCell::new(DrainAware { inner: make_service(info), draining, is_h2: is_h2.clone() }));
+    let state = Arc::new(ConnState::new());
+    let service = InPlace(std::cell::RefCell::new(ConnService { inner: make_service(info), draining, state: state.clone() }));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = reached(&mut phase, Phase::Drain) => {
-            // Until the listener closes, only HTTP/2 is told to go (GOAWAY);
-            // HTTP/1.1 leaves via `Connection: close`. A connection may
-            // reveal itself as HTTP/2 later.
-            let mut goaway_sent = false;
-            loop {
-                if !goaway_sent && is_h2.load(Ordering::Relaxed) {
-                    conn.as_mut().graceful_shutdown();
-                    goaway_sent = true;
-                }
-                tokio::select! {
-                    result = conn.as_mut() => break result,
-                    () = reached(&mut phase, Phase::Close) => {
-                        if !goaway_sent {
-                            conn.as_mut().graceful_shutdown();
-                        }
-                        break conn.await;
+    let idle = tokio::time::sleep(head_timeout);
+    tokio::pin!(idle);
+    let (mut drain, mut goaway_sent) = (false, false);
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = reached(&mut phase, if drain { Phase::Close } else { Phase::Drain }) => {
+                if !drain {
+                    drain = true;
+                } else {
+                    // The listener has closed: HTTP/1 connections that are
+                    // idle close now, busy ones after their response.
+                    if !goaway_sent {
+                        conn.as_mut().graceful_shutdown();
                     }
-                    () = tokio::time::sleep(Duration::from_millis(50)), if !goaway_sent => {}
+                    break conn.await;
                 }
             }
+            // A connection may reveal itself as HTTP/2 later.
+            () = tokio::time::sleep(Duration::from_millis(50)), if drain && !goaway_sent => {}
+            () = idle.as_mut() => match state.idle_deadline(head_timeout) {
+                Some(deadline) if deadline <= tokio::time::Instant::now() && !state.is_h2() => {
+                    debug!(timeout = ?head_timeout, "no request head within the header read timeout; closing");
+                    return;
+                }
+                Some(deadline) => idle.as_mut().reset(deadline),
+                None => idle.as_mut().reset(tokio::time::Instant::now() + head_timeout),
+            },
+        }
+        // Until the listener closes, only HTTP/2 is told to go (GOAWAY);
+        // HTTP/1.1 leaves via `Connection: close`.
+        if drain && !goaway_sent && state.is_h2() {
+            conn.as_mut().graceful_shutdown();
+            goaway_sent = true;
         }
     };
     if let Err(e) = result {
         debug!(error = %e, "connection ended with error");
     }
+}
+
+/// What a connection's service and its driver share.
+struct ConnState {
+    is_h2: AtomicBool,
+    /// Requests between their head and the end of their response body.
+    busy: AtomicUsize,
+    /// When `busy` last dropped to zero (or the connection opened), as
+    /// nanoseconds since [`epoch`].
+    idle_since: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self { is_h2: AtomicBool::new(false), busy: AtomicUsize::new(0), idle_since: AtomicU64::new(since_epoch()) }
+    }
+
+    fn is_h2(&self) -> bool {
+        self.is_h2.load(Ordering::Relaxed)
+    }
+
+    fn begin(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        // Stamped before the count drops, so a reader that sees zero also
+        // sees this request's end.
+        self.idle_since.store(since_epoch(), Ordering::Relaxed);
+        self.busy.fetch_sub(1, Ordering::Release);
+    }
+
+    /// When the connection has waited too long for its next request head;
+    /// `None` while a request is in progress.
+    fn idle_deadline(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle_since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+        Some(tokio::time::Instant::from_std(epoch() + idle_since + timeout))
+    }
+}
+
+/// A process-wide origin, so that an instant fits in an atomic.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Resolves once the phase is at least `target`. If the sender is gone the
@@ -242,9 +312,9 @@ fn build(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        // Slowloris bound; needs a timer to be enforced at all.
+        // The slowloris bound is `drive`'s own, cheaper timer.
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        .header_read_timeout(None)
         // Bounds the request head; hyper answers 431 past it.
         .max_buf_size(options.max_header_bytes)
         // Small responses dominate proxy traffic; one copy beats writev.
@@ -320,24 +390,25 @@ where
     }
 }
 
-/// Adds `Connection: close` to HTTP/1 responses once the process drains,
-/// and notes when a connection turns out to be HTTP/2.
-#[derive(Clone)]
-struct DrainAware<S> {
+/// The per-connection layer between hyper and the proxy: adds
+/// `Connection: close` to HTTP/1 responses once the process drains, notes
+/// when a connection turns out to be HTTP/2, and tells the connection's
+/// driver when requests begin and end (for the idle bound).
+struct ConnService<S> {
     inner: S,
     draining: &'static AtomicBool,
-    is_h2: Arc<AtomicBool>,
+    state: Arc<ConnState>,
 }
 
-// === impl DrainAware ===
+// === impl ConnService ===
 
-impl<S, B> tower::Service<Request<Incoming>> for DrainAware<S>
+impl<S, B> tower::Service<Request<Incoming>> for ConnService<S>
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>>,
 {
-    type Response = Response<B>;
+    type Response = Response<Tracked<B>>;
     type Error = S::Error;
-    type Future = DrainAwareFuture<S::Future>;
+    type Future = ConnServiceFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -346,26 +417,29 @@ where
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
-            self.is_h2.store(true, Ordering::Relaxed);
+            self.state.is_h2.store(true, Ordering::Relaxed);
         }
-        DrainAwareFuture { inner: self.inner.call(req), close: http1.then_some(self.draining) }
+        self.state.begin();
+        let active = Active(self.state.clone());
+        ConnServiceFuture { inner: self.inner.call(req), close: http1.then_some(self.draining), active: Some(active) }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// Response future of [`DrainAware`].
-    pub struct DrainAwareFuture<F> {
+    /// Response future of [`ConnService`].
+    pub struct ConnServiceFuture<F> {
         #[pin]
         inner: F,
         close: Option<&'static AtomicBool>,
+        active: Option<Active>,
     }
 }
 
-impl<F, B, E> Future for DrainAwareFuture<F>
+impl<F, B, E> Future for ConnServiceFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = F::Output;
+    type Output = Result<Response<Tracked<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -376,7 +450,44 @@ where
         if this.close.is_some_and(|d| d.load(Ordering::Relaxed)) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(response))
+        let active = this.active.take();
+        Poll::Ready(Ok(response.map(|inner| Tracked { inner, _active: active })))
+    }
+}
+
+/// A request in progress on its connection, from its head to the end of
+/// its response body (when hyper drops the body).
+struct Active(Arc<ConnState>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in progress.
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _active: Option<Active>,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

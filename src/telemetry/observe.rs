@@ -12,9 +12,9 @@
 use std::{
     borrow::Cow,
     convert::Infallible,
-    fmt::Write as _,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context as TaskContext, Poll},
     time::Instant,
 };
@@ -22,16 +22,12 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::{
-    Context, KeyValue,
-    trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _},
+    KeyValue, StringValue,
+    trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _},
 };
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use opentelemetry_sdk::{
-    propagation::TraceContextPropagator,
-    trace::{SdkTracer, Span},
-};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
 use tracing::info;
 
 use super::{
@@ -49,6 +45,7 @@ static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 const CLIENT_CLOSED: u16 = 499;
 
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Options of the layer.
 #[derive(Debug, Clone, Default)]
@@ -79,7 +76,14 @@ pub struct Observer {
 impl Observer {
     pub fn new(metrics: &'static Metrics, tracing: Tracing, options: ObserveOptions) -> &'static Self {
         let mut span_names: Vec<[Cow<'static, str>; METHODS.len()]> = (0..options.routes.len())
-            .map(|r| METHODS.map(|m| Cow::Owned(format!("{} {}", if m == "_OTHER" { "HTTP" } else { m }, options.routes.template(r)))))
+            // Leaked: a fixed set built once, so that each span takes its
+            // name by reference instead of copying it.
+            .map(|r| {
+                METHODS.map(|m| {
+                    let name = format!("{} {}", if m == "_OTHER" { "HTTP" } else { m }, options.routes.template(r));
+                    Cow::Borrowed(&*Box::leak(name.into_boxed_str()))
+                })
+            })
             .collect();
         span_names.push(METHODS.map(|m| Cow::Borrowed(if m == "_OTHER" { "HTTP" } else { m })));
         let tracer = tracing.tracer.clone();
@@ -93,10 +97,12 @@ impl Observer {
 
     /// Wraps the service of one connection.
     pub fn layer<S>(&'static self, inner: S, conn: ConnInfo) -> Observe<S> {
-        Observe { inner, observer: self, conn }
+        // Formatted once per connection, then shared by its spans.
+        let client_address = self.tracer.as_ref().map(|_| StringValue::from(Arc::<str>::from(conn.remote.ip().to_canonical().to_string())));
+        Observe { inner, observer: self, conn, client_address }
     }
 
-    fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo) -> Box<RequestState> {
+    fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo, client_address: Option<&StringValue>) -> Box<RequestState> {
         let start = Instant::now();
         let method = method_index(req.method());
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
@@ -125,7 +131,9 @@ impl Observer {
                 attributes.push(KeyValue::new("server.address", name.to_owned()));
                 attributes.push(KeyValue::new("server.port", i64::from(port.unwrap_or(conn.local.port()))));
             }
-            attributes.push(KeyValue::new("client.address", conn.remote.ip().to_string()));
+            if let Some(client) = client_address {
+                attributes.push(KeyValue::new("client.address", client.clone()));
+            }
             attributes.push(KeyValue::new("network.protocol.version", version_label(req.version())));
             if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
                 attributes.push(KeyValue::new("user_agent.original", ua.to_owned()));
@@ -134,12 +142,21 @@ impl Observer {
             let span = tracer.build_with_context(builder, &parent);
             // The app continues the trace from our span; the caller's
             // `tracestate` rides along in the span context, and `baggage`
-            // is forwarded untouched like any other header.
-            let cx = Context::new().with_remote_span_context(span.span_context().clone());
-            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
-            // The propagator writes `tracestate` even when it is empty.
-            if req.headers().get(&TRACESTATE).is_some_and(|v| v.is_empty()) {
-                req.headers_mut().remove(&TRACESTATE);
+            // is forwarded untouched like any other header. Written here
+            // rather than by the propagator, which formats through
+            // `format!` and writes an empty `tracestate` only to have it
+            // removed again.
+            let sc = span.span_context();
+            if let Some(value) = traceparent(sc) {
+                req.headers_mut().insert(TRACEPARENT.clone(), value);
+            }
+            match HeaderValue::try_from(sc.trace_state().header()) {
+                Ok(state) if !state.is_empty() => {
+                    req.headers_mut().insert(TRACESTATE.clone(), state);
+                }
+                _ => {
+                    req.headers_mut().remove(&TRACESTATE);
+                }
             }
             span
         });
@@ -257,6 +274,8 @@ pub struct Observe<S> {
     inner: S,
     observer: &'static Observer,
     conn: ConnInfo,
+    /// `client.address` for this connection's spans.
+    client_address: Option<StringValue>,
 }
 
 impl<S, B> tower::Service<Request<Incoming>> for Observe<S>
@@ -273,7 +292,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let state = self.observer.start(&mut req, &self.conn);
+        let state = self.observer.start(&mut req, &self.conn, self.client_address.as_ref());
         let req = req.map(|body| Counted::new(body, Some(&self.observer.metrics.request_body_bytes)));
         ObserveFuture { inner: self.inner.call(req), state: Some(state) }
     }
@@ -307,10 +326,7 @@ where
         state.error_kind = response.body().error_kind();
         if state.observer.options.trace_response {
             if let Some(span) = &state.span {
-                let sc = span.span_context();
-                let mut v = String::with_capacity(55);
-                let _ = write!(v, "00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
-                if let Ok(v) = HeaderValue::from_str(&v) {
+                if let Some(v) = traceparent(span.span_context()) {
                     response.headers_mut().insert(TRACERESPONSE.clone(), v);
                 }
             }
@@ -378,6 +394,19 @@ fn split_host_port(host: &str) -> (&str, Option<u16>) {
         Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),
         _ => (host, None),
     }
+}
+
+/// A W3C `traceparent` (and `traceresponse`) value for `sc`, formatted
+/// without `fmt`.
+fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
+    let mut v = [0u8; 55];
+    v[..3].copy_from_slice(b"00-");
+    hex_into(&sc.trace_id().to_bytes(), &mut v[3..35]);
+    v[35] = b'-';
+    hex_into(&sc.span_id().to_bytes(), &mut v[36..52]);
+    v[52] = b'-';
+    hex_into(&[sc.trace_flags().to_u8()], &mut v[53..55]);
+    HeaderValue::from_bytes(&v).ok()
 }
 
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
