@@ -39,7 +39,7 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 /// Where the process is in its shutdown sequence. Only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -153,7 +153,9 @@ pub async fn serve<M, S, B>(
         let make_service = make_service.clone();
         let tls = options.tls.clone();
         let handshake_timeout = options.header_read_timeout;
-        let span = info_span!("conn", listener = name, peer = %remote);
+        // Debug level: a span is entered and left on every poll of the
+        // connection, which costs more than it tells at the default level.
+        let span = debug_span!("conn", listener = name, peer = %remote);
         tracker.spawn(
             async move {
                 let _slot = slot;
