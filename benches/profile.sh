@@ -88,7 +88,7 @@ wait_http() { # PID URL
 taskset -c 0 "$UPSTREAM_BIN" "$P_UP" >"$TMP/upstream.log" 2>&1 &
 PIDS+=("$!")
 wait_http "$!" "http://127.0.0.1:$P_UP/"
-taskset -c 1 python3 "$HERE/otlp_sink.py" --port "$P_SINK" >"$TMP/sink.log" 2>&1 &
+taskset -c 1 chrt --idle 0 python3 "$HERE/otlp_sink.py" --port "$P_SINK" >"$TMP/sink.log" 2>&1 &
 PIDS+=("$!")
 wait_http "$!" "http://127.0.0.1:$P_SINK/stats"
 

@@ -131,7 +131,8 @@ impl Pool {
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => self.connect_or_wait().await?,
+                // Boxed: a large future, and only for a new connection.
+                None => Box::pin(self.connect_or_wait()).await?,
             };
             if upgrade {
                 // After a 101 hyper hands the connection's I/O to
@@ -144,7 +145,7 @@ impl Pool {
                         }
                     });
                 }
-                return Ok((conn.send.send_request(req).await?, None));
+                return Ok((Box::pin(conn.send.send_request(req)).await?, None));
             }
             let mut sent = std::pin::pin!(conn.send.try_send_request(req));
             let result = poll_fn(|cx| {
@@ -176,8 +177,6 @@ impl Pool {
     /// that frees up meanwhile; its own connect goes on in the background
     /// and lands in the pool.
     async fn connect_or_wait(&'static self) -> Result<Box<Conn>, PoolError> {
-        // Boxed: connecting (with TLS, and buffering while the app is away)
-        // is a large future, and runs once per connection.
         let mut connect = Box::pin(self.connect());
         if self.max_idle == 0 {
             return connect.await;

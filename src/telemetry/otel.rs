@@ -170,8 +170,27 @@ impl Tracing {
 fn export_runtime() -> std::io::Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let handle = runtime.handle().clone();
-    std::thread::Builder::new().name("outrider-export".into()).spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    std::thread::Builder::new().name("outrider-export".into()).spawn(move || {
+        lower_priority();
+        runtime.block_on(std::future::pending::<()>());
+    })?;
     Ok(handle)
+}
+
+/// Telemetry must never slow the requests it describes. The threads that
+/// batch and encode spans run at nice +10, so that when they compete with
+/// request handling for the CPU (a sidecar's CPU limit is small) the kernel
+/// runs the request first, and spans wait. On Linux the nice value is per
+/// thread. Once per thread; a failure only costs that preference.
+fn lower_priority() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !LOWERED.with(|lowered| lowered.replace(true)) {
+        if let Err(e) = rustix::process::nice(10) {
+            tracing::debug!(error = %e, "could not lower the priority of a telemetry thread");
+        }
+    }
 }
 
 fn non_empty(var: &str) -> Option<String> {
@@ -205,6 +224,8 @@ impl fmt::Debug for ExportCounters {
 
 impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        // This runs on the SDK's batch thread, which outrider does not start.
+        lower_priority();
         let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
         let inner = self.inner.clone();
         let result = match self.runtime.spawn(async move { inner.export(batch).await }).await {
