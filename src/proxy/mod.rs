@@ -59,7 +59,13 @@ pub struct ProxyBody {
 
 impl ProxyBody {
     fn error(error: ProxyError) -> Response<Self> {
-        error.into_response().map(|body| Self { inner: Either::Right(body), lease: None, upstream_time: None, error: Some(error), _slot: None })
+        error.into_response().map(|body| Self {
+            inner: Either::Right(body),
+            lease: None,
+            upstream_time: None,
+            error: Some(error),
+            _slot: None,
+        })
     }
 }
 
@@ -408,7 +414,11 @@ async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<Reques
 }
 
 /// Sends the request on the configured protocol.
-async fn send(inner: &'static Inner, request: Request<RequestBody>, upgrade: bool) -> Result<(Response<Incoming>, Option<Lease>), UpstreamFailure> {
+async fn send(
+    inner: &'static Inner,
+    request: Request<RequestBody>,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Option<Lease>), UpstreamFailure> {
     match &inner.upstream {
         Upstream::Http1(pool) => pool.send(request, upgrade).await.map_err(|e| match e {
             // Classified from the inner error itself: `transparent` would

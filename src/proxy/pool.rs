@@ -125,7 +125,11 @@ impl Pool {
     /// # Errors
     /// The connection could not be made, or the app did not answer with a
     /// response head.
-    pub async fn send(&'static self, mut req: Request<RequestBody>, upgrade: bool) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
+    pub async fn send(
+        &'static self,
+        mut req: Request<RequestBody>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
         loop {
             let pooled = poll_fn(|cx| Poll::Ready(self.checkout(cx))).await;
             let reused = pooled.is_some();
