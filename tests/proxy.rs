@@ -295,26 +295,23 @@ async fn an_app_closing_idle_keep_alive_connections_costs_no_request() {
 
 /// Established TCP connections whose peer port is `port`, from /proc.
 fn established_to(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && cols[3] == "01" && cols[2].ends_with(&format!(":{port:04X}"))
-        })
-        .count()
+    sockets_to(port, "01")
 }
 
 /// Sockets in CLOSE_WAIT (the peer closed, we have not) towards `port`.
 fn close_wait_to(port: u16) -> usize {
+    sockets_to(port, "08")
+}
+
+/// Sockets towards `port` in the kernel's TCP `state` (hex, as /proc shows it).
+fn sockets_to(port: u16, state: &str) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     table
         .lines()
         .skip(1)
         .filter(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && cols[3] == "08" && cols[2].ends_with(&format!(":{port:04X}"))
+            cols.len() > 3 && cols[3] == state && cols[2].ends_with(&format!(":{port:04X}"))
         })
         .count()
 }
