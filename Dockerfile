@@ -37,6 +37,12 @@ RUN mkdir src \
 
 # The real sources. `touch` makes them newer than the dummy build's
 # artefacts: COPY keeps the build context's timestamps, which may be older.
+# `.git` is not in the context, so the commit for `outrider_build_info`
+# comes in as a build argument:
+#   docker build --build-arg OUTRIDER_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG OUTRIDER_COMMIT=unknown
+ENV OUTRIDER_COMMIT=${OUTRIDER_COMMIT}
+COPY build.rs ./
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --target "${TARGET}" \

@@ -1,0 +1,34 @@
+//! Stamps the git commit into `outrider_build_info` when building from a
+//! checkout. An explicit `OUTRIDER_COMMIT` wins: the container build passes
+//! it as a build argument, since `.git` is not in its context.
+
+use std::{path::Path, process::Command};
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=OUTRIDER_COMMIT");
+    if std::env::var_os("OUTRIDER_COMMIT").is_some() {
+        return;
+    }
+    // Rebuilt when HEAD moves: a checkout rewrites HEAD, a commit the ref it
+    // names. Only existing files are watched (a missing one would make
+    // cargo rerun this script on every build).
+    let mut watched = vec![".git/HEAD".to_owned(), ".git/packed-refs".to_owned()];
+    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
+        if let Some(reference) = head.trim().strip_prefix("ref: ") {
+            watched.push(format!(".git/{reference}"));
+        }
+    }
+    for path in watched.iter().filter(|p| Path::new(p).exists()) {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()));
+    if let Some(commit) = commit {
+        println!("cargo:rustc-env=OUTRIDER_COMMIT={commit}");
+    }
+}
