@@ -17,7 +17,8 @@ pub type RequestBody = Counted<Incoming>;
 /// fails the stream once it exceeds an optional limit.
 #[derive(Debug)]
 pub struct Counted<B> {
-    inner: B,
+    /// `None` for a body that was empty from the start (see [`Counted::empty`]).
+    inner: Option<B>,
     counter: Option<&'static IntCounter>,
     seen: u64,
     limit: u64,
@@ -32,7 +33,12 @@ pub struct BodyTooLarge {
 
 impl<B> Counted<B> {
     pub fn new(inner: B, counter: Option<&'static IntCounter>) -> Self {
-        Self { inner, counter, seen: 0, limit: u64::MAX }
+        Self { inner: Some(inner), counter, seen: 0, limit: u64::MAX }
+    }
+
+    /// An empty body, for a request outrider sends again by itself.
+    pub fn empty() -> Self {
+        Self { inner: None, counter: None, seen: 0, limit: u64::MAX }
     }
 
     /// Fails the body after `limit` bytes.
@@ -50,7 +56,8 @@ where
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let frame = match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
             None => return Poll::Ready(None),
@@ -69,11 +76,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -250,31 +250,24 @@ async fn keep_alive_connections_to_the_app_are_pooled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_closing_idle_keep_alive_connections_costs_no_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut chunk = [0u8; 1024];
-                loop {
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        // Idle (or slow) for 30 ms: close, as a keep-alive timeout does.
-                        match tokio::time::timeout(Duration::from_millis(30), stream.read(&mut chunk)).await {
-                            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
-                    }
-                    if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
-                        return;
-                    }
+    let (port, accepted) = raw_app(|mut stream, counter| async move {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut chunk = [0u8; 1024];
+        loop {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                // Idle (or slow) for 30 ms: close, as a keep-alive timeout does.
+                match tokio::time::timeout(Duration::from_millis(30), stream.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                    _ => return,
                 }
-            });
+            }
+            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                return;
+            }
         }
-    });
+    })
+    .await;
     let proxy = outrider(&format!("http://127.0.0.1:{port}")).env("OUTRIDER_UPSTREAM_POOL_IDLE_TIMEOUT", "1s").start().await;
     let client = client();
     // Well inside the app's timeout (the connection is reused) and well
@@ -291,6 +284,78 @@ async fn an_app_closing_idle_keep_alive_connections_costs_no_request() {
     // Connections the app closed are dropped by the pool's sweep, not kept
     // half-closed until the next request.
     eventually("closed app connections released", || async { (close_wait_to(port) == 0).then_some(()) }).await;
+}
+
+/// The keep-alive race: the app closes a connection that has idled (its
+/// keep-alive timeout) just as the next request reaches it, so the request
+/// gets no answer. An idempotent request without a body is sent again on a
+/// new connection; a POST is not (it may have taken effect) and gets 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_that_crosses_the_apps_keep_alive_close_is_sent_again_a_post_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (port, accepted) = raw_app(|mut stream, counter| async move {
+        let mut chunk = [0u8; 4096];
+        let mut idle_since = Instant::now();
+        // Connections that carried a request (outrider's health
+        // checks open others).
+        let mut first = true;
+        loop {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(n) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            if std::mem::take(&mut first) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            // Idle past its keep-alive timeout: this request crossed
+            // the close. Read, then close without an answer.
+            if idle_since.elapsed() >= Duration::from_millis(400) {
+                return;
+            }
+            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                return;
+            }
+            idle_since = Instant::now();
+        }
+    })
+    .await;
+    let proxy = outrider(&format!("http://127.0.0.1:{port}")).start().await;
+    let client = client();
+    let opened = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, _, _) = send(&client, Request::get(proxy.url("/first")).body(full("")).unwrap()).await.unwrap();
+    assert_eq!((status, opened()), (200, 1));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, body) = send(&client, Request::get(proxy.url("/again")).body(full("")).unwrap()).await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]), "the GET was not sent again");
+    assert_eq!(opened(), 2, "the GET should have been sent again on one new connection");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, _) = send(&client, Request::post(proxy.url("/once")).body(full("x")).unwrap()).await.unwrap();
+    assert_eq!(status, 502, "a POST must not be sent twice");
+    assert_eq!(opened(), 2, "the POST was sent again");
+}
+
+/// A hand-written app on loopback: `serve` runs for each accepted
+/// connection, with a counter it may bump. Returns the port and the counter.
+async fn raw_app<F, Fut>(serve: F) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let shared = counter.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, shared.clone()));
+        }
+    });
+    (port, counter)
 }
 
 /// Established TCP connections whose peer port is `port`, from /proc.

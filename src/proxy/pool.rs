@@ -35,6 +35,13 @@ use crate::body::RequestBody;
 
 type Driver = Connection<UpstreamIo, RequestBody>;
 
+/// A pooled connection idle this long may be closed by the app (its
+/// keep-alive timeout) just as a request goes out on it. For such a
+/// connection, an idempotent request without a body is kept so it can be
+/// sent again on a new connection, as RFC 9110 §9.2.2 allows. Connections
+/// reused sooner than this (a busy proxy's) skip the copy.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
+
 /// Why an exchange with the app failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -130,11 +137,18 @@ impl Pool {
         mut req: Request<RequestBody>,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
+        let mut fresh_only = false;
         loop {
-            let pooled = poll_fn(|cx| Poll::Ready(self.checkout(cx))).await;
+            let pooled = if fresh_only { None } else { poll_fn(|cx| Poll::Ready(self.checkout(cx))).await };
             let reused = pooled.is_some();
+            let mut replay = None;
             let mut conn = match pooled {
-                Some(conn) => conn,
+                Some((conn, idle_for)) => {
+                    if idle_for >= REPLAY_AFTER_IDLE && !upgrade && replayable(&req) {
+                        replay = Some(copy_head(&req));
+                    }
+                    conn
+                }
                 // Boxed: a large future, and only for a new connection.
                 None => Box::pin(self.connect_or_wait()).await?,
             };
@@ -168,7 +182,19 @@ impl Pool {
                         None => return Err(e.into_error().into()),
                     }
                 }
-                Err(e) => return Err(e.into_error().into()),
+                Err(e) => {
+                    let error = e.into_error();
+                    // Closed or reset before any response: the app shut the
+                    // idle connection as the request crossed it.
+                    match replay {
+                        Some(copy) if super::ProxyError::classify(&error) == Some(super::ProxyError::Reset) => {
+                            debug!(error = %error, "the app closed an idle connection as the request reached it; sending again on a new one");
+                            req = copy;
+                            fresh_only = true;
+                        }
+                        _ => return Err(error.into()),
+                    }
+                }
             }
         }
     }
@@ -207,12 +233,14 @@ impl Pool {
         Ok(Box::new(Conn { send, driver: Some(driver) }))
     }
 
-    /// The most recently used live connection, if any.
-    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
+    /// The most recently used live connection, if any, and how long it
+    /// was idle.
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<(Box<Conn>, Duration)> {
         loop {
             let Idle { mut conn, since } = self.lock().idle.pop()?;
-            if since.elapsed() < self.idle_timeout && conn.poll_idle(cx) {
-                return Some(conn);
+            let idle_for = since.elapsed();
+            if idle_for < self.idle_timeout && conn.poll_idle(cx) {
+                return Some((conn, idle_for));
             }
         }
     }
@@ -255,6 +283,23 @@ impl Pool {
             state.idle.retain_mut(|idle| idle.since.elapsed() < self.idle_timeout && idle.conn.poll_idle(&mut cx));
         }
     }
+}
+
+/// Safe to send twice: an idempotent method (RFC 9110 §9.2.2) and no body
+/// (a body has been consumed by the first attempt).
+fn replayable(req: &Request<RequestBody>) -> bool {
+    use http::Method;
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+        && hyper::body::Body::is_end_stream(req.body())
+}
+
+fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// A connection lent to one exchange: polled by the response body as it
