@@ -556,8 +556,17 @@ impl TryFrom<RawConfig> for Config {
             },
             admin_listen: parse_socket_addr("OUTRIDER_ADMIN_LISTEN", &raw.admin_listen)?,
             log: {
-                tracing_subscriber::EnvFilter::builder().parse(&raw.log).map_err(|e| invalid("OUTRIDER_LOG", &raw.log, &e.to_string()))?;
-                raw.log.clone()
+                // tracing-subscriber 0.3 slices each directive with indices
+                // taken after trimming it, which panics on non-ASCII text
+                // behind leading whitespace. Targets and levels are ASCII,
+                // so anything else is refused, and directives are trimmed
+                // here first.
+                if !raw.log.is_ascii() {
+                    return Err(invalid("OUTRIDER_LOG", &raw.log, "expected ASCII directives such as info,outrider=debug"));
+                }
+                let log = raw.log.split(',').map(str::trim).filter(|d| !d.is_empty()).collect::<Vec<_>>().join(",");
+                tracing_subscriber::EnvFilter::builder().parse(&log).map_err(|e| invalid("OUTRIDER_LOG", &raw.log, &e.to_string()))?;
+                log
             },
             log_format: match raw.log_format.trim().to_ascii_lowercase().as_str() {
                 "json" => LogFormat::Json,
@@ -845,6 +854,10 @@ mod tests {
         assert!(e.contains("OUTRIDER_UPSTREAM="), "{e}");
         let e = load_with(&[("OUTRIDER_LOG", "foo=bogus")]).unwrap_err().to_string();
         assert!(e.contains("OUTRIDER_LOG="), "{e}");
+        // Found by proptest: this used to panic inside tracing-subscriber.
+        let e = load_with(&[("OUTRIDER_LOG", " \u{16aab}|Y5h\u{1092e}=/{")]).unwrap_err().to_string();
+        assert!(e.contains("OUTRIDER_LOG="), "{e}");
+        assert_eq!(load_with(&[("OUTRIDER_LOG", " info , outrider=debug,")]).map(|c| c.log).ok().as_deref(), Some("info,outrider=debug"));
     }
 
     #[test]
