@@ -272,17 +272,6 @@ impl ConnState {
         self.is_h2.load(Ordering::Relaxed)
     }
 
-    fn begin(&self) {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn end(&self) {
-        // Stamped before the count drops, so a reader that sees zero also
-        // sees this request's end.
-        self.idle_since.store(since_epoch(), Ordering::Relaxed);
-        self.busy.fetch_sub(1, Ordering::Release);
-    }
-
     /// When the connection has waited too long for its next request head;
     /// `None` while a request is in progress.
     fn idle_deadline(&self, timeout: Duration) -> Option<tokio::time::Instant> {
@@ -421,8 +410,7 @@ where
         if !http1 {
             self.state.is_h2.store(true, Ordering::Relaxed);
         }
-        self.state.begin();
-        let active = Active(self.state.clone());
+        let active = Active::begin(&self.state);
         ConnServiceFuture { inner: self.inner.call(req), close: http1.then_some(self.draining), active: Some(active) }
     }
 }
@@ -461,9 +449,19 @@ where
 /// its response body (when hyper drops the body).
 struct Active(Arc<ConnState>);
 
+impl Active {
+    fn begin(state: &Arc<ConnState>) -> Self {
+        state.busy.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.end();
+        // Stamped before the count drops, so a reader that sees zero also
+        // sees this request's end.
+        self.0.idle_since.store(since_epoch(), Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -74,6 +74,14 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still worth keeping: not idle past `timeout`, and open and ready
+    /// (see [`Conn::poll_idle`]).
+    fn usable(&mut self, timeout: Duration, cx: &mut Context<'_>) -> bool {
+        self.since.elapsed() < timeout && self.conn.poll_idle(cx)
+    }
+}
+
 /// One connection: the handle that sends requests on it, and the state
 /// machine that does its I/O. Boxed so that moving it in and out of the
 /// pool copies a pointer.
@@ -237,10 +245,9 @@ impl Pool {
     /// was idle.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<(Box<Conn>, Duration)> {
         loop {
-            let Idle { mut conn, since } = self.lock().idle.pop()?;
-            let idle_for = since.elapsed();
-            if idle_for < self.idle_timeout && conn.poll_idle(cx) {
-                return Some((conn, idle_for));
+            let mut idle = self.lock().idle.pop()?;
+            if idle.usable(self.idle_timeout, cx) {
+                return Some((idle.conn, idle.since.elapsed()));
             }
         }
     }
@@ -280,7 +287,7 @@ impl Pool {
             let mut cx = Context::from_waker(Waker::noop());
             let mut state = self.lock();
             state.waiters.retain(|waiter| !waiter.is_closed());
-            state.idle.retain_mut(|idle| idle.since.elapsed() < self.idle_timeout && idle.conn.poll_idle(&mut cx));
+            state.idle.retain_mut(|idle| idle.usable(self.idle_timeout, &mut cx));
         }
     }
 }
