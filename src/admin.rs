@@ -58,10 +58,16 @@ pub struct AdminState {
 pub fn service(
     state: AdminState,
     peer: SocketAddr,
-) -> impl tower::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send + 'static {
+) -> impl tower::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send + Unpin>
++ Clone
++ Send
++ Unpin
++ 'static {
+    // Boxed: the server needs an `Unpin` future, and probes are too rare
+    // for the allocation to matter.
     tower::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok(route(&state, peer, &req).await) }
+        Box::pin(async move { Ok(route(&state, peer, &req).await) })
     })
 }
 

@@ -425,3 +425,74 @@ async fn on_one_cpu_the_single_threaded_runtime_serves_h1_h2_and_upgrades() {
     let echoed = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "one cpu");
 }
+
+/// A keep-alive connection that sits idle gives hyper's buffers back
+/// ("parks") and goes on serving: a request head cut in two around the
+/// park, a request after a long pause, and an upgrade all work on the same
+/// connection, and the idle bound still closes it in the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_parks_and_keeps_serving() {
+    use tokio::io::AsyncWriteExt;
+    let app = App::start().await;
+    let proxy =
+        outrider(&app.url()).env("OUTRIDER_LOG", "info,outrider::server=trace").env("OUTRIDER_HEADER_READ_TIMEOUT", "2s").start().await;
+    let parks = || proxy.logs().iter().filter(|l| l.contains("idle; parking")).count();
+    let mut conn = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    conn.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut conn).await, (200, "hello from app".to_string()));
+
+    // Half a head now: hyper has read it when the connection parks, and
+    // must find it again afterwards.
+    conn.write_all(b"GET /b HTTP/1.1\r\nHo").await.unwrap();
+    eventually("the connection parks", || async { (parks() >= 1).then_some(()) }).await;
+    conn.write_all(b"st: t\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut conn).await, (200, "hello from app".to_string()));
+    assert_eq!(app.last().uri, "/b");
+
+    // Parked again, then upgraded.
+    eventually("the connection parks again", || async { (parks() >= 2).then_some(()) }).await;
+    let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.listen), conn).await.unwrap();
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("after a park")).await.unwrap();
+    let echoed = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "after a park");
+    ws.close(None).await.unwrap();
+
+    // A parked connection is still closed by the idle bound (2 s here).
+    let mut conn = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    conn.write_all(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut conn).await.0, 200);
+    let idle_from = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "an idle connection is closed, without a response: {read:?}");
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(1800), "closed after {idle:?}, before the 2 s idle bound");
+}
+
+/// Reads one response with a `Content-Length` body: status and body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("a response head in time").unwrap();
+        assert!(n > 0, "closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status code");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse().unwrap()))
+        .expect("a Content-Length");
+    while buf.len() < head_end + length {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("the body in time").unwrap();
+        assert!(n > 0, "closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    (status, String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned())
+}

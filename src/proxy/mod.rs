@@ -260,8 +260,11 @@ impl Proxy {
     pub fn service(
         &self,
         conn: ConnInfo,
-    ) -> impl tower::Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + use<>
-    {
+    ) -> impl tower::Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible, Future: Send + Unpin>
+    + Clone
+    + Send
+    + Unpin
+    + use<> {
         let inner = self.inner;
         let peer = Arc::new(Peer {
             forwarded_for: headers::forwarded_for(conn.remote.ip()),
@@ -306,9 +309,9 @@ async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<Reques
         }
     };
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
-    // Taken before the request is consumed; resolves once hyper hands over
-    // the client's connection after our 101 response.
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Taken before the request is consumed; resolves once the server hands
+    // over the client's connection after our 101 response.
+    let client_upgrade = if upgrade { req.extensions_mut().remove::<crate::server::OnUpgrade>() } else { None };
 
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
@@ -397,11 +400,12 @@ async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<Reques
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         inner.tasks.spawn(
             async move {
-                let (client, app) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok(pair) => pair,
-                    Err(e) => return debug!(error = %e, "upgrade did not complete"),
+                let (mut client, app) = match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
+                    (Ok(client), Ok(app)) => (client, app),
+                    (Err(e), _) => return debug!(error = %e, "upgrade did not complete"),
+                    (_, Err(e)) => return debug!(error = %e, "upgrade did not complete"),
                 };
-                let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+                let mut app = TokioIo::new(app);
                 match tokio::io::copy_bidirectional(&mut client, &mut app).await {
                     Ok((up, down)) => debug!(bytes_to_app = up, bytes_to_client = down, "upgraded connection closed"),
                     Err(e) => debug!(error = %e, "upgraded connection ended with error"),

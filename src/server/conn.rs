@@ -1,0 +1,273 @@
+//! Serves one client connection to its end: picks the protocol, drains as
+//! the process's phase advances, bounds idle time, and parks HTTP/1
+//! connections that sit idle.
+//!
+//! Parking: hyper gives every HTTP/1 connection an 8 KiB read and an
+//! 8 KiB write buffer and keeps them for the connection's life. A sidecar
+//! behind a pooling client or load balancer holds thousands of keep-alive
+//! connections that are idle nearly all the time. So once a connection has
+//! been idle for [`PARK_AFTER`], hyper's connection is taken apart
+//! (`graceful_shutdown` on an idle connection stops it without touching the
+//! socket; `into_parts` hands back the socket and any unparsed bytes) and
+//! the task waits on the bare socket. The next byte from the client starts
+//! a fresh hyper connection on the same socket. A busy connection never
+//! parks, so the hot path pays nothing for this.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use hyper::{
+    body::{Body, Incoming},
+    server::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{io::AsyncWriteExt, sync::watch, time::Instant};
+use tracing::{debug, trace};
+
+use super::{
+    Phase, reached,
+    service::{ConnService, ConnState, InPlace},
+    transport::{Protocol, Rewind, Transport, Upgraded},
+};
+
+/// How long an HTTP/1 connection sits idle before it gives back hyper's
+/// buffers. Long enough that a connection in steady use never parks (at
+/// 40 000 requests/s over 64 connections each one is idle about 2 ms
+/// between requests); short enough that a burst of new connections does
+/// not pile up buffers faster than parking frees them.
+const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// Bound on flushing a closing connection (a TLS `close_notify` to a
+/// client that stopped reading).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// hyper's per-protocol connection settings.
+#[derive(Clone)]
+pub(super) struct Protocols {
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<TokioExecutor>,
+}
+
+/// What a connection needs from its listener.
+pub(super) struct Listener<'a, M> {
+    pub(super) protocols: &'a Protocols,
+    pub(super) make_service: &'a M,
+    /// The process-wide draining flag, read by every HTTP/1 response.
+    pub(super) draining: &'static AtomicBool,
+    pub(super) head_timeout: Duration,
+}
+
+/// Serves one connection to the end.
+pub(super) async fn drive<T, M, S, B>(listener: Listener<'_, M>, mut io: T, info: super::ConnInfo, mut phase: watch::Receiver<Phase>)
+where
+    T: Transport,
+    M: Fn(super::ConnInfo) -> S,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // One timer per connection, re-armed only when it fires: the bound on
+    // the first bytes, then on each idle spell (see `Idle`).
+    let timer = tokio::time::sleep(listener.head_timeout);
+    tokio::pin!(timer);
+    let sniffed = tokio::select! {
+        sniffed = io.protocol() => sniffed,
+        () = timer.as_mut() => return debug!(timeout = ?listener.head_timeout, "nothing received within the header read timeout; closing"),
+        () = reached(&mut phase, Phase::Close) => return,
+    };
+    let (protocol, prefix) = match sniffed {
+        Ok(Some(sniffed)) => sniffed,
+        Ok(None) => return,
+        Err(e) => return debug!(error = %e, "connection failed before its first request"),
+    };
+    let io = Rewind::new(prefix, io);
+    let state = Arc::new(ConnState::new());
+    let http1 = protocol == Protocol::Http1;
+    let service = InPlace(std::cell::RefCell::new(ConnService {
+        inner: (listener.make_service)(info),
+        close_when: http1.then_some(listener.draining),
+        state: state.clone(),
+    }));
+    match protocol {
+        Protocol::Http1 => {
+            let idle = Idle { state, head_timeout: listener.head_timeout };
+            serve_http1(&listener.protocols.http1, io, service, idle, phase, timer).await;
+        }
+        Protocol::Http2 => serve_http2(&listener.protocols.http2, io, service, phase).await,
+    }
+}
+
+/// HTTP/2: a GOAWAY as soon as the drain starts; the client finishes its
+/// open streams and opens new ones elsewhere, with no race.
+async fn serve_http2<T, S, B>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: Rewind<T>,
+    service: InPlace<ConnService<S>>,
+    mut phase: watch::Receiver<Phase>,
+) where
+    T: Transport,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    let mut goaway_sent = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = reached(&mut phase, Phase::Drain), if !goaway_sent => {
+                conn.as_mut().graceful_shutdown();
+                goaway_sent = true;
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with error");
+    }
+}
+
+/// HTTP/1: *not* closed while idle during the drain, since a client may be
+/// writing its next request into the socket at that very moment, and it
+/// would be lost. Every response carries `Connection: close` instead (see
+/// `ConnService`), so each client leaves after its next exchange; idle ones
+/// are closed when the listener closes (`Phase::Close`).
+async fn serve_http1<T, S, B>(
+    builder: &http1::Builder,
+    mut io: Rewind<T>,
+    mut service: InPlace<ConnService<S>>,
+    idle: Idle,
+    mut phase: watch::Receiver<Phase>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) where
+    T: Transport,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut drain = false;
+    loop {
+        // Boxed so that a parked connection's task holds only the socket.
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service));
+        let (mut parking, mut closing) = (false, false);
+        let round = Instant::now();
+        timer.as_mut().reset(round + PARK_AFTER);
+        let result = loop {
+            tokio::select! {
+                // Fixed order: the connection is what wakes the task nearly
+                // every time, and a random start costs a draw per poll.
+                biased;
+                result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
+                () = reached(&mut phase, if drain { Phase::Close } else { Phase::Drain }), if !closing => {
+                    if drain {
+                        // The listener has closed: idle connections close
+                        // now, busy ones after their response.
+                        closing = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    drain = true;
+                }
+                () = timer.as_mut(), if !closing => match idle.next(round, parking) {
+                    Next::Wait(at) => timer.as_mut().reset(at),
+                    Next::Close => return debug!(timeout = ?idle.head_timeout, "no request head within the header read timeout; closing"),
+                    Next::Park => {
+                        trace!("idle; parking");
+                        // hyper stops an idle connection at once; one that
+                        // is still reading a request body finishes it first.
+                        parking = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                },
+            }
+        };
+        if let Err(e) = result {
+            return debug!(error = %e, "connection ended with error");
+        }
+        let parts = conn.into_parts();
+        service = parts.service;
+        io = parts.io.into_inner();
+        io.unread(parts.read_buf);
+        if let Some(upgrade) = idle.state.take_upgrade() {
+            // The proxy splices it to the app; if it gave up, the client
+            // connection simply closes.
+            let _ = upgrade.send(Upgraded::new(io));
+            return;
+        }
+        if !parking || closing {
+            // The client closed, or asked to (`Connection: close`), or
+            // the listener is closing.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
+            return;
+        }
+        // Unparsed bytes (a request head cut short) go straight to the
+        // next hyper connection.
+        if !io.has_prefix() {
+            // Parked: nothing but the socket until the client speaks.
+            timer.as_mut().reset(idle.deadline());
+            tokio::select! {
+                readable = io.get_ref().readable() => if readable.is_err() { return },
+                () = timer.as_mut() => return debug!(timeout = ?idle.head_timeout, "idle keep-alive connection timed out; closing"),
+                () = reached(&mut phase, Phase::Close) => return,
+            }
+        }
+    }
+}
+
+/// Decides, each time the connection's timer fires, what an HTTP/1
+/// connection does about being idle.
+struct Idle {
+    state: Arc<ConnState>,
+    /// How long a connection may wait for a complete request head, from
+    /// when it opened or its last response ended (slowloris, idle
+    /// keep-alive).
+    head_timeout: Duration,
+}
+
+enum Next {
+    /// Look again then.
+    Wait(Instant),
+    Park,
+    Close,
+}
+
+impl Idle {
+    /// `round` is when the current hyper connection started. It may park
+    /// only once it has answered a request: before that hyper does not count
+    /// it as idle, and shutting it down would only turn keep-alive off.
+    fn next(&self, round: Instant, parking: bool) -> Next {
+        let now = Instant::now();
+        let Some(since) = self.state.idle_since() else {
+            // A request is in progress: it is bounded elsewhere.
+            return Next::Wait(now + PARK_AFTER);
+        };
+        let close_at = since + self.head_timeout;
+        let park = !parking && since > round && PARK_AFTER < self.head_timeout;
+        if now >= close_at {
+            Next::Close
+        } else if park && now >= since + PARK_AFTER {
+            Next::Park
+        } else if park {
+            Next::Wait(since + PARK_AFTER)
+        } else {
+            // Nothing to do until the head timeout, unless a request comes
+            // and ends first (which wakes the timer's next check early
+            // enough: at most `PARK_AFTER` late).
+            Next::Wait(close_at.min(now + PARK_AFTER))
+        }
+    }
+
+    /// When a parked connection is closed for idling.
+    fn deadline(&self) -> Instant {
+        self.state.idle_since().map_or_else(|| Instant::now() + self.head_timeout, |since| since + self.head_timeout)
+    }
+}

@@ -1,0 +1,244 @@
+//! Accepts connections and serves them with hyper, following a [`Phase`]
+//! signal so that the caller can drain them in steps.
+//!
+//! Each connection drains itself (see [`conn`]): HTTP/2 connections get a
+//! GOAWAY, HTTP/1.1 ones a `Connection: close` on their next response, and
+//! idle HTTP/1.1 ones are closed only when the listener closes.
+//!
+//! Connections accepted *while* draining are still served, because endpoint
+//! removal in Kubernetes takes seconds to propagate and those clients did
+//! nothing wrong; they just do not get keep-alive.
+
+mod conn;
+mod service;
+mod transport;
+
+pub use service::Tracked;
+pub use transport::{NotUpgraded, OnUpgrade, Upgraded};
+
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{Request, Response};
+use hyper::{
+    body::{Body, Incoming},
+    server::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use conn::{Listener, Protocols};
+
+/// Where the process is in its shutdown sequence. Only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Normal operation.
+    Serve,
+    /// Keep accepting, but close each connection after its current request.
+    Drain,
+    /// Stop accepting; open connections finish what they have in flight.
+    Close,
+}
+
+/// What a connection's service learns about the connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// Subject of the client's verified certificate (mTLS).
+    pub client_subject: Option<Arc<str>>,
+}
+
+/// Knobs for the HTTP server side of a listener.
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Open and total connection counters, if this listener is measured.
+    pub connections: Option<(prometheus::IntGauge, prometheus::IntCounter)>,
+    /// Connections served at once; further ones wait in the kernel's
+    /// accept backlog rather than being accepted and dropped.
+    pub max_connections: usize,
+    /// Terminate TLS with this acceptor.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
+/// task per connection on `tracker` so the caller can wait for them.
+///
+/// `make_service` builds the per-connection service: it is where
+/// connection-scoped facts (the peer address) enter the request path
+/// without a per-request allocation.
+pub async fn serve<M, S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    options: ServerOptions,
+    mut phase: watch::Receiver<Phase>,
+    tracker: TaskTracker,
+    make_service: M,
+) where
+    M: Fn(ConnInfo) -> S + Send + Sync + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let protocols = Arc::new(build(&options));
+    let make_service = Arc::new(make_service);
+    // Read once per request by every connection: a process-lifetime flag,
+    // leaked so that requests need no reference count to reach it.
+    let draining: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let mut watch_phase = phase.clone();
+    tokio::spawn(async move {
+        reached(&mut watch_phase, Phase::Drain).await;
+        draining.store(true, Ordering::Relaxed);
+    });
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // At the connection limit, stop accepting: the kernel queues new
+        // connections in the backlog until a slot frees up.
+        let slot = tokio::select! {
+            biased;
+            () = reached(&mut phase, Phase::Close) => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = reached(&mut phase, Phase::Close) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(conn) => {
+                backoff = Duration::from_millis(5);
+                conn
+            }
+            Err(e) if is_transient_accept_error(&e) => continue,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning or dying;
+                // connections finishing will free descriptors.
+                warn!(listener = name, error = %e, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let open = options.connections.clone().map(|(active, total)| {
+            total.inc();
+            active.inc();
+            OpenConnection(active)
+        });
+        let local = stream.local_addr().unwrap_or(remote);
+        let protocols = protocols.clone();
+        let phase = phase.clone();
+        let make_service = make_service.clone();
+        let tls = options.tls.clone();
+        let handshake_timeout = options.header_read_timeout;
+        // Debug level: a span is entered and left on every poll of the
+        // connection, which costs more than it tells at the default level.
+        let span = debug_span!("conn", listener = name, peer = %remote);
+        tracker.spawn(
+            async move {
+                let _slot = slot;
+                let _open = open;
+                let listener = Listener { protocols: &protocols, make_service: &*make_service, draining, head_timeout: handshake_timeout };
+                let info = ConnInfo { remote, local, tls: tls.is_some(), client_subject: None };
+                match tls {
+                    None => conn::drive(listener, stream, info, phase).await,
+                    // Boxed: the handshake's state is several KiB, and
+                    // every plain connection's task would be sized for it.
+                    Some(acceptor) => Box::pin(serve_tls(listener, acceptor, stream, info, phase)).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+    debug!(listener = name, "stopped accepting");
+}
+
+async fn serve_tls<M, S, B>(
+    listener: Listener<'_, M>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    info: ConnInfo,
+    phase: watch::Receiver<Phase>,
+) where
+    M: Fn(ConnInfo) -> S,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // The handshake is bounded like a request head: a client that stalls
+    // it is a slowloris too.
+    let stream = match tokio::time::timeout(listener.head_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+        Err(_) => return debug!("TLS handshake timed out"),
+    };
+    let client_subject = crate::tls::client_subject(stream.get_ref().1).map(Arc::from);
+    let info = ConnInfo { client_subject, ..info };
+    // Boxed once more: a parked connection keeps only the stream.
+    conn::drive(listener, Box::new(stream), info, phase).await;
+}
+
+/// Resolves once the phase is at least `target`. If the sender is gone the
+/// process is exiting: treat that as reached.
+pub(crate) async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
+    let _ = phase.wait_for(|p| *p >= target).await;
+}
+
+fn build(options: &ServerOptions) -> Protocols {
+    let mut http1 = http1::Builder::new();
+    http1
+        // The slowloris bound is the connection's own, cheaper timer.
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        // Bounds the request head; hyper answers 431 past it.
+        .max_buf_size(options.max_header_bytes)
+        // Small responses dominate proxy traffic; one copy beats writev.
+        .writev(false);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        // Bounds the cost of a rapid-reset flood (CVE-2023-44487).
+        .max_pending_accept_reset_streams(Some(50))
+        .max_concurrent_streams(Some(1024));
+    Protocols { http1, http2 }
+}
+
+/// Errors that concern one failed handshake, not the listener.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// Decrements the open-connections gauge when the connection task ends.
+struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
