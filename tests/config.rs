@@ -108,3 +108,37 @@ fn usage_errors_exit_2() {
     let (code, _, stderr) = run(outrider("http://127.0.0.1:1").args(["--no-such-flag"]));
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// The OTLP exporter's variables are checked at start-up, not at the first
+/// export: a bad one stops outrider with exit 2 and names itself.
+#[test]
+fn bad_export_settings_exit_2_naming_the_variable() {
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "no-value"),
+    ] {
+        let mut spawn = outrider("http://127.0.0.1:1").env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+        spawn = spawn.env(var, value).env("OUTRIDER_LISTEN", "127.0.0.1:0").env("OUTRIDER_ADMIN_LISTEN", "127.0.0.1:0");
+        let mut child = spawn.command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{var}={value}: outrider started instead of refusing");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{var}={value}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line expected for {var}: {stderr}");
+        assert!(lines[0].contains(&format!("{var}={value:?}")), "{var} not named: {stderr}");
+    }
+}

@@ -121,6 +121,8 @@ impl Receiver {
                         async move {
                             assert_eq!(req.uri().path(), "/v1/traces");
                             assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                            // OTEL_EXPORTER_OTLP_HEADERS, percent-decoded (set by the test below).
+                            assert_eq!(req.headers()["x-api-key"], "s3cr=t");
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             store(&sink, ExportTraceServiceRequest::decode(body).unwrap());
                             let out = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
@@ -234,6 +236,7 @@ async fn http_protobuf_export_a_root_span_and_errors_marked() {
     let receiver = Receiver::http().await;
     let app = App::start().await;
     let proxy = traced(&app, &format!("http://{}", receiver.addr), "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cr%3Dt")
         .env("OUTRIDER_ROUTES", "/slow/{ms}")
         .env("OUTRIDER_REQUEST_TIMEOUT", "200ms")
         .env("OUTRIDER_TRACE_RESPONSE", "true")

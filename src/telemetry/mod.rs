@@ -54,4 +54,5 @@ pub fn init_logging(filter: &str, format: Format) -> anyhow::Result<tracing_appe
 pub mod metrics;
 pub mod observe;
 pub mod otel;
+mod otlp;
 pub mod routes;

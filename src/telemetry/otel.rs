@@ -21,6 +21,8 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
 use prometheus::IntCounter;
+
+use super::otlp::{OtlpExporter, Wire};
 use tracing::{info, warn};
 
 /// The standard variables honoured here, for the configuration reference.
@@ -29,7 +31,7 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "",
-        "Collector base URL, e.g. `http://jaeger:4317` (gRPC) or `http://jaeger:4318` (HTTP). Unset: spans are not exported.",
+        "Collector base URL, e.g. `http://jaeger:4317` (gRPC) or `http://jaeger:4318` (HTTP; `/v1/traces` is added). `http://` only. Unset: spans are not exported.",
     ),
     (
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -38,8 +40,10 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "`grpc` or `http/protobuf`."),
     ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "", "Traces-only protocol; overrides the one above."),
-    ("OTEL_EXPORTER_OTLP_HEADERS", "", "Extra export headers, `key=value,key2=value2` (e.g. an API key)."),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "", "Extra export headers, `key=value,key2=value2`, values percent-encoded (e.g. an API key)."),
+    ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "", "Traces-only headers, added to the ones above."),
     ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000", "Export timeout in milliseconds."),
+    ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "", "Traces-only timeout; overrides the one above."),
     ("OTEL_SERVICE_NAME", "", "`service.name`; default: the wrapped command's name, else `outrider`."),
     ("OTEL_RESOURCE_ATTRIBUTES", "", "Extra resource attributes, `key=value,...`."),
     (
@@ -116,6 +120,7 @@ impl Tracing {
         let resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
 
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
+        let signal_specific = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
         let endpoint = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"));
         let exporting = endpoint.is_some();
         let destination = match endpoint {
@@ -125,16 +130,13 @@ impl Tracing {
                     Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
                     None => ("OTEL_EXPORTER_OTLP_PROTOCOL", non_empty("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "grpc".into())),
                 };
-                // Exports run on a runtime of their own, on its own thread:
-                // encoding a batch must not hold up a request worker.
-                let runtime = export_runtime().map_err(|e| OtelError::Exporter(format!("cannot start the export thread: {e}")))?;
-                let _entered = runtime.enter();
-                let exporter = match protocol.as_str() {
-                    "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
-                    "http/protobuf" => opentelemetry_otlp::SpanExporter::builder().with_http().build(),
+                let wire = match protocol.as_str() {
+                    "grpc" => Wire::Grpc,
+                    "http/protobuf" => Wire::Http,
                     _ => return Err(OtelError::Invalid { var, value: protocol, reason: "expected grpc or http/protobuf" }),
-                }
-                .map_err(|e| OtelError::Exporter(e.to_string()))?;
+                };
+                let exporter = OtlpExporter::from_env(&endpoint, signal_specific, wire)?;
+                let runtime = export_runtime().map_err(|e| OtelError::Exporter(format!("cannot start the export thread: {e}")))?;
                 let exporter = CountingExporter { inner: Arc::new(exporter), counters, runtime: runtime.clone() };
                 let processor = BatchSpanProcessor::builder(exporter).with_batch_config(BatchConfigBuilder::default().build()).build();
                 builder = builder.with_span_processor(processor);
