@@ -1,8 +1,9 @@
 //! The tower layer that observes every proxied request: one OpenTelemetry
 //! SERVER span, the request metrics, and the access log line.
 //!
-//! At the request: extract the caller's W3C context (`traceparent`,
-//! `tracestate`, `baggage`), start the span as its child (or a new root),
+//! At the request: extract the caller's W3C trace context (`traceparent`,
+//! `tracestate`; `baggage` is forwarded to the app untouched, and outrider
+//! itself has no use for it), start the span as its child (or a new root),
 //! and replace `traceparent`/`tracestate` on the request so the app
 //! continues the trace from outrider's span. At the response: note the
 //! status. When the response body ends (or the client goes away), end the
@@ -22,11 +23,12 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::{
     KeyValue, StringValue,
     trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _},
 };
-use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 use tracing::info;
 
@@ -71,6 +73,8 @@ pub struct Observer {
     /// Span names, `[route][method]`, built once; the last row is for
     /// unmatched paths (`GET`).
     span_names: Vec<[Cow<'static, str>; METHODS.len()]>,
+    /// `http.route` values, one per template, built once.
+    route_values: Vec<StringValue>,
 }
 
 impl Observer {
@@ -86,8 +90,9 @@ impl Observer {
             })
             .collect();
         span_names.push(METHODS.map(|m| Cow::Borrowed(if m == "_OTHER" { "HTTP" } else { m })));
+        let route_values = (0..options.routes.len()).map(|r| StringValue::from(Arc::<str>::from(options.routes.template(r)))).collect();
         let tracer = tracing.tracer.clone();
-        Box::leak(Box::new(Self { metrics, tracer, tracing, options, span_names }))
+        Box::leak(Box::new(Self { metrics, tracer, tracing, options, span_names, route_values }))
     }
 
     /// Flushes pending spans (bounded by `timeout`); blocking.
@@ -99,15 +104,20 @@ impl Observer {
     pub fn layer<S>(&'static self, inner: S, conn: ConnInfo) -> Observe<S> {
         // Formatted once per connection, then shared by its spans.
         let client_address = self.tracer.as_ref().map(|_| StringValue::from(Arc::<str>::from(conn.remote.ip().to_canonical().to_string())));
-        Observe { inner, observer: self, conn, client_address }
+        Observe {
+            inner,
+            observer: self,
+            conn,
+            attributes: ConnAttributes { client_address, host: LastSeen(None), user_agent: LastSeen(None) },
+        }
     }
 
-    fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo, client_address: Option<&StringValue>) -> Box<RequestState> {
+    fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo, cached: &mut ConnAttributes) -> Box<RequestState> {
         let start = Instant::now();
         let method = method_index(req.method());
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
         let span = self.tracer.as_ref().map(|tracer| {
-            let parent = self.tracing.propagator().extract(&HeaderExtractor(req.headers()));
+            let parent = TraceContextPropagator::new().extract(&TraceHeaders(req.headers()));
             let name = self.span_names[route.unwrap_or(self.span_names.len() - 1)][method].clone();
             let mut attributes = Vec::with_capacity(12);
             attributes.push(KeyValue::new("http.request.method", METHODS[method]));
@@ -122,21 +132,33 @@ impl Observer {
             }
             attributes.push(KeyValue::new("url.scheme", self.options.scheme));
             if let Some(route) = route {
-                attributes.push(KeyValue::new("http.route", self.options.routes.template(route).to_owned()));
+                attributes.push(KeyValue::new("http.route", self.route_values[route].clone()));
             }
-            let host =
-                req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
-            if let Some(host) = host {
-                let (name, port) = split_host_port(host);
-                attributes.push(KeyValue::new("server.address", name.to_owned()));
-                attributes.push(KeyValue::new("server.port", i64::from(port.unwrap_or(conn.local.port()))));
+            let server = match req.uri().authority() {
+                // HTTP/2 and absolute-form requests: rare enough to format each time.
+                Some(authority) => {
+                    let (name, port) = split_host_port(authority.as_str());
+                    Some((StringValue::from(name.to_owned()), i64::from(port.unwrap_or(conn.local.port()))))
+                }
+                None => req.headers().get(http::header::HOST).and_then(|host| {
+                    cached.host.get(host, |host| {
+                        let (name, port) = split_host_port(host.to_str().ok()?);
+                        Some((StringValue::from(Arc::<str>::from(name)), i64::from(port.unwrap_or(conn.local.port()))))
+                    })
+                }),
+            };
+            if let Some((name, port)) = server {
+                attributes.push(KeyValue::new("server.address", name));
+                attributes.push(KeyValue::new("server.port", port));
             }
-            if let Some(client) = client_address {
+            if let Some(client) = &cached.client_address {
                 attributes.push(KeyValue::new("client.address", client.clone()));
             }
             attributes.push(KeyValue::new("network.protocol.version", version_label(req.version())));
-            if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-                attributes.push(KeyValue::new("user_agent.original", ua.to_owned()));
+            if let Some(ua) = req.headers().get(http::header::USER_AGENT) {
+                if let Some(ua) = cached.user_agent.get(ua, |ua| Some(StringValue::from(Arc::<str>::from(ua.to_str().ok()?)))) {
+                    attributes.push(KeyValue::new("user_agent.original", ua));
+                }
             }
             let builder = tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
             let span = tracer.build_with_context(builder, &parent);
@@ -274,8 +296,54 @@ pub struct Observe<S> {
     inner: S,
     observer: &'static Observer,
     conn: ConnInfo,
-    /// `client.address` for this connection's spans.
+    attributes: ConnAttributes,
+}
+
+/// Span attribute values that rarely change within a connection, built
+/// once and shared (reference counted) by its spans instead of copied into
+/// a new `String` for each.
+#[derive(Clone)]
+struct ConnAttributes {
     client_address: Option<StringValue>,
+    /// `server.address` and `server.port`, from the last `Host`.
+    host: LastSeen<(StringValue, i64)>,
+    /// `user_agent.original`, from the last `User-Agent`.
+    user_agent: LastSeen<StringValue>,
+}
+
+/// A value derived from a header, kept while the header stays the same.
+#[derive(Clone)]
+struct LastSeen<T>(Option<(HeaderValue, T)>);
+
+impl<T: Clone> LastSeen<T> {
+    fn get(&mut self, header: &HeaderValue, derive: impl FnOnce(&HeaderValue) -> Option<T>) -> Option<T> {
+        match &self.0 {
+            Some((seen, value)) if seen == header => Some(value.clone()),
+            _ => {
+                let value = derive(header)?;
+                self.0 = Some((header.clone(), value.clone()));
+                Some(value)
+            }
+        }
+    }
+}
+
+/// Reads the W3C trace context headers by their pre-built names.
+struct TraceHeaders<'a>(&'a http::HeaderMap);
+
+impl Extractor for TraceHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = match key {
+            "traceparent" => self.0.get(&TRACEPARENT),
+            "tracestate" => self.0.get(&TRACESTATE),
+            _ => self.0.get(key),
+        };
+        value.and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
 }
 
 impl<S, B> tower::Service<Request<Incoming>> for Observe<S>
@@ -292,7 +360,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let state = self.observer.start(&mut req, &self.conn, self.client_address.as_ref());
+        let state = self.observer.start(&mut req, &self.conn, &mut self.attributes);
         let req = req.map(|body| Counted::new(body, Some(&self.observer.metrics.request_body_bytes)));
         ObserveFuture { inner: self.inner.call(req), state: Some(state) }
     }
@@ -419,7 +487,24 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_host_port;
+    use super::{HeaderValue, LastSeen, split_host_port};
+
+    #[test]
+    fn a_cached_attribute_follows_its_header() {
+        let mut cache = LastSeen(None);
+        let mut derived = 0;
+        let mut get = |cache: &mut LastSeen<String>, header: &'static str| {
+            cache.get(&HeaderValue::from_static(header), |h| {
+                derived += 1;
+                Some(h.to_str().ok()?.to_uppercase())
+            })
+        };
+        assert_eq!(get(&mut cache, "a.example").as_deref(), Some("A.EXAMPLE"));
+        assert_eq!(get(&mut cache, "a.example").as_deref(), Some("A.EXAMPLE"));
+        assert_eq!(get(&mut cache, "b.example").as_deref(), Some("B.EXAMPLE"), "a new header value is not served from the cache");
+        drop(get);
+        assert_eq!(derived, 2);
+    }
 
     #[test]
     fn host_and_port() {

@@ -1,6 +1,6 @@
-//! OpenTelemetry tracing: the SDK tracer provider, the OTLP exporter
-//! (gRPC or HTTP/protobuf) and W3C propagation, configured by the standard
-//! `OTEL_*` variables.
+//! OpenTelemetry tracing: the SDK tracer provider and its batch processor
+//! feeding the OTLP exporter (`otlp`), configured by the standard `OTEL_*`
+//! variables.
 //!
 //! Spans are created with the SDK directly, not through the
 //! `tracing-opentelemetry` bridge: the bridge attaches and detaches an OTel
@@ -10,14 +10,10 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use opentelemetry::{
-    KeyValue,
-    propagation::{TextMapCompositePropagator, TextMapPropagator},
-};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::{
     Resource,
     error::{OTelSdkError, OTelSdkResult},
-    propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
 use prometheus::IntCounter;
@@ -80,7 +76,6 @@ pub struct Tracing {
     /// `None` when `OTEL_SDK_DISABLED=true`.
     pub tracer: Option<SdkTracer>,
     provider: Option<SdkTracerProvider>,
-    pub propagator: TextMapCompositePropagator,
     /// Where spans go, for the start-up log line.
     pub destination: String,
     /// An exporter is configured.
@@ -100,9 +95,8 @@ impl Tracing {
     /// # Errors
     /// An invalid `OTEL_*` value, or an exporter that cannot be built.
     pub fn from_env(default_service_name: &str, counters: ExportCounters) -> Result<Self, OtelError> {
-        let propagator = TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())]);
         if env_flag("OTEL_SDK_DISABLED")? {
-            return Ok(Self { tracer: None, provider: None, propagator, destination: "disabled".into(), exporting: false });
+            return Ok(Self { tracer: None, provider: None, destination: "disabled".into(), exporting: false });
         }
         let mut resource = Resource::builder();
         let service_name_set = non_empty("OTEL_SERVICE_NAME").is_some()
@@ -146,7 +140,7 @@ impl Tracing {
         let provider = builder.build();
         use opentelemetry::trace::TracerProvider as _;
         let tracer = provider.tracer("outrider");
-        Ok(Self { tracer: Some(tracer), provider: Some(provider), propagator, destination, exporting })
+        Ok(Self { tracer: Some(tracer), provider: Some(provider), destination, exporting })
     }
 
     /// Exports what is queued, waiting at most `timeout`. Blocking: call
@@ -158,13 +152,6 @@ impl Tracing {
             Ok(()) => {}
             Err(e) => warn!(error = %e, "telemetry flush incomplete"),
         }
-    }
-}
-
-/// Propagator access for the request layer.
-impl Tracing {
-    pub fn propagator(&self) -> &dyn TextMapPropagator {
-        &self.propagator
     }
 }
 

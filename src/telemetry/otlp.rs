@@ -321,17 +321,14 @@ fn array_values(buf: &mut Vec<u8>, array: &Array) {
     }
 }
 
-fn key_value_parts_len(key: &str, value: &Value) -> usize {
-    string_field_len(1, key.as_bytes()) + field_len(2, any_value_len(value))
-}
-
 /// A `KeyValue` message in `field`.
 fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+    let value_len = any_value_len(value);
     tag(buf, field, LEN);
-    varint(buf, key_value_parts_len(key, value) as u64);
+    varint(buf, (string_field_len(1, key.as_bytes()) + field_len(2, value_len)) as u64);
     string_field(buf, 1, key.as_bytes());
     tag(buf, 2, LEN);
-    varint(buf, any_value_len(value) as u64);
+    varint(buf, value_len as u64);
     any_value(buf, value);
 }
 
