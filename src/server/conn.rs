@@ -15,6 +15,7 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
     pin::Pin,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
@@ -124,7 +125,7 @@ async fn serve_http2<T, S, B>(
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
-            () = reached(&mut phase, Phase::Drain), if !goaway_sent => {
+            () = Gated::new(reached(&mut phase, Phase::Drain)), if !goaway_sent => {
                 conn.as_mut().graceful_shutdown();
                 goaway_sent = true;
             }
@@ -168,7 +169,7 @@ async fn serve_http1<T, S, B>(
                 // every time, and a random start costs a draw per poll.
                 biased;
                 result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
-                () = reached(&mut phase, if drain { Phase::Close } else { Phase::Drain }), if !closing => {
+                () = Gated::new(reached(&mut phase, if drain { Phase::Close } else { Phase::Drain })), if !closing => {
                     if drain {
                         // The listener has closed: idle connections close
                         // now, busy ones after their response.
@@ -269,5 +270,86 @@ impl Idle {
     /// When a parked connection is closed for idling.
     fn deadline(&self) -> Instant {
         self.state.idle_since().map_or_else(|| Instant::now() + self.head_timeout, |since| since + self.head_timeout)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Polls the inner future only when it was the one that woke the task (and
+    /// on the first poll).
+    ///
+    /// `select!` polls every branch on every wake-up. A connection's task
+    /// wakes a few times per request for its sockets, and each time the
+    /// phase watch would be polled for nothing (a lock and a version check,
+    /// about 1.8 % of a request's instructions); the phase changes twice in
+    /// the process's life.
+    struct Gated<F> {
+        #[pin]
+        inner: F,
+        gate: Arc<Gate>,
+    }
+}
+
+#[derive(Default)]
+struct Gate {
+    woken: std::sync::atomic::AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> Gated<F> {
+    fn new(inner: F) -> Self {
+        let gate = Gate { woken: std::sync::atomic::AtomicBool::new(true), ..Gate::default() };
+        Self { inner, gate: Arc::new(gate) }
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        // Registered before the check: a wake-up in between is not lost.
+        this.gate.task.register(cx.waker());
+        if !this.gate.woken.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return std::task::Poll::Pending;
+        }
+        let waker = std::task::Waker::from(this.gate.clone());
+        this.inner.poll(&mut std::task::Context::from_waker(&waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gated_future_completes_when_its_own_waker_fires() {
+        let (tx, mut rx) = watch::channel(Phase::Serve);
+        let (other_tx, mut other_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let waiter = tokio::spawn(async move {
+            let mut gated = std::pin::pin!(Gated::new(reached(&mut rx, Phase::Drain)));
+            // Woken by something else first: the gate stays shut.
+            loop {
+                tokio::select! {
+                    () = gated.as_mut() => return,
+                    _ = other_rx.recv() => {}
+                }
+            }
+        });
+        other_tx.send(()).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        tx.send(Phase::Drain).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken by the phase").unwrap();
     }
 }
