@@ -178,7 +178,7 @@ async fn serve_http1<T, S, B>(
                     }
                     drain = true;
                 }
-                () = timer.as_mut(), if !closing => match idle.next(round, parking) {
+                () = Gated::new(timer.as_mut()), if !closing => match idle.next(round, parking) {
                     Next::Wait(at) => timer.as_mut().reset(at),
                     Next::Close => return debug!(timeout = ?idle.head_timeout, "no request head within the header read timeout; closing"),
                     Next::Park => {
