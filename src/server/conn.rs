@@ -39,9 +39,18 @@ use super::{
 /// How long an HTTP/1 connection sits idle before it gives back hyper's
 /// buffers. Long enough that a connection in steady use never parks (at
 /// 40 000 requests/s over 64 connections each one is idle about 2 ms
-/// between requests); short enough that a burst of new connections does
-/// not pile up buffers faster than parking frees them.
-const PARK_AFTER: Duration = Duration::from_millis(250);
+/// between requests). Short because glibc keeps what it frees for reuse
+/// rather than returning it: the heap holds a buffer pair for every
+/// connection that was busy within one such window, so a burst of 5 000
+/// new connections a second leaves 8 MiB behind at 100 ms, 20 MiB at
+/// 250 ms. Unparking costs a new hyper connection (two buffer
+/// allocations), paid at most once per idle spell.
+const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// How often a connection with a request in progress looks again: a
+/// request that ends between two looks is parked up to this much late,
+/// and the timer costs a wake-up per look.
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
 
 /// Bound on flushing a closing connection (a TLS `close_notify` to a
 /// client that stopped reading).
@@ -249,7 +258,7 @@ impl Idle {
         let now = Instant::now();
         let Some(since) = self.state.idle_since() else {
             // A request is in progress: it is bounded elsewhere.
-            return Next::Wait(now + PARK_AFTER);
+            return Next::Wait(now + BUSY_RECHECK);
         };
         let close_at = since + self.head_timeout;
         let park = !parking && since > round && PARK_AFTER < self.head_timeout;
@@ -261,9 +270,8 @@ impl Idle {
             Next::Wait(since + PARK_AFTER)
         } else {
             // Nothing to do until the head timeout, unless a request comes
-            // and ends first (which wakes the timer's next check early
-            // enough: at most `PARK_AFTER` late).
-            Next::Wait(close_at.min(now + PARK_AFTER))
+            // and ends first (then parking is at most `BUSY_RECHECK` late).
+            Next::Wait(close_at.min(now + BUSY_RECHECK))
         }
     }
 

@@ -321,7 +321,11 @@ impl<T: Clone> LastSeen<T> {
             Some((seen, value)) if seen == header => Some(value.clone()),
             _ => {
                 let value = derive(header)?;
-                self.0 = Some((header.clone(), value.clone()));
+                // A copy, not a clone: hyper's header values are slices of
+                // its read buffer, and a clone would keep that whole 8 KiB
+                // buffer alive for the connection's life, parked or not.
+                let seen = HeaderValue::from_bytes(header.as_bytes()).ok()?;
+                self.0 = Some((seen, value.clone()));
                 Some(value)
             }
         }
