@@ -123,6 +123,7 @@ impl Receiver {
                             assert_eq!(req.headers()["content-type"], "application/x-protobuf");
                             // OTEL_EXPORTER_OTLP_HEADERS, percent-decoded (set by the test below).
                             assert_eq!(req.headers()["x-api-key"], "s3cr=t");
+                            assert!(req.headers()["user-agent"].to_str().unwrap().starts_with("outrider/"));
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             store(&sink, ExportTraceServiceRequest::decode(body).unwrap());
                             let out = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();

@@ -104,6 +104,10 @@ impl OtlpExporter {
         let mut request = Request::builder().method(Method::POST).uri(self.uri.clone());
         if let Some(headers) = request.headers_mut() {
             headers.clone_from(&self.headers);
+            // The OTLP specification asks exporters to name themselves.
+            if !headers.contains_key(http::header::USER_AGENT) {
+                headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("outrider/", env!("CARGO_PKG_VERSION"))));
+            }
             match self.wire {
                 Wire::Http => {
                     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
