@@ -383,3 +383,57 @@ async fn wait_ready_exits_0_once_ready_and_1_on_timeout() {
     assert_eq!(status_of(&proxy.admin_url("/readyz")).await, 200);
     let _ = std::fs::remove_file(log);
 }
+
+/// Idle keep-alive connections are parked (hyper's buffers freed) but still
+/// drain like any other: one that sends a request during the drain gets its
+/// answer with `Connection: close` and is then closed; one that stays idle
+/// is closed when the listener closes, after the drain delay.
+#[tokio::test(flavor = "multi_thread")]
+async fn parked_connections_drain_like_any_other() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = App::start().await;
+    let proxy = outrider(&app.url())
+        .env("OUTRIDER_LOG", "info,outrider::server=trace")
+        .env("OUTRIDER_DRAIN_DELAY", "1s")
+        .env("OUTRIDER_DRAIN_TIMEOUT", "10s")
+        .start()
+        .await;
+    // One keep-alive exchange each, then idle until both have parked.
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !seen.ends_with(b"hello from app") {
+            let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed before the first response");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        conns.push(conn);
+    }
+    let parks = || proxy.logs().iter().filter(|l| l.contains("idle; parking")).count();
+    eventually("both connections park", || async { (parks() >= 2).then_some(()) }).await;
+
+    proxy.signal(Signal::SIGTERM);
+    wait_status(&proxy.admin_url("/readyz"), 503).await;
+    let drain_started = Instant::now();
+
+    // A parked connection used during the drain: answered, told to go, closed.
+    let mut busy = conns.remove(0);
+    busy.write_all(b"GET /during HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, busy.read_to_end(&mut answer)).await.expect("closed after its answer").unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(app.last().uri, "/during");
+
+    // A parked connection left idle: closed once the listener closes.
+    let mut idle = conns.remove(0);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, idle.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "an idle parked connection is closed without a response: {read:?}");
+    assert!(drain_started.elapsed() >= Duration::from_millis(800), "closed {:?} into a 1 s drain delay", drain_started.elapsed());
+    assert!(proxy.wait().await.success());
+}
