@@ -75,10 +75,11 @@ struct Idle {
 }
 
 impl Idle {
-    /// Still worth keeping: not idle past `timeout`, and open and ready
-    /// (see [`Conn::poll_idle`]).
-    fn usable(&mut self, timeout: Duration, cx: &mut Context<'_>) -> bool {
-        self.since.elapsed() < timeout && self.conn.poll_idle(cx)
+    /// How long it has been idle, if it is still worth keeping: not idle
+    /// past `timeout`, and open and ready (see [`Conn::poll_idle`]).
+    fn usable(&mut self, timeout: Duration, cx: &mut Context<'_>) -> Option<Duration> {
+        let idle_for = self.since.elapsed();
+        (idle_for < timeout && self.conn.poll_idle(cx)).then_some(idle_for)
     }
 }
 
@@ -246,8 +247,8 @@ impl Pool {
     fn checkout(&self, cx: &mut Context<'_>) -> Option<(Box<Conn>, Duration)> {
         loop {
             let mut idle = self.lock().idle.pop()?;
-            if idle.usable(self.idle_timeout, cx) {
-                return Some((idle.conn, idle.since.elapsed()));
+            if let Some(idle_for) = idle.usable(self.idle_timeout, cx) {
+                return Some((idle.conn, idle_for));
             }
         }
     }
@@ -287,7 +288,7 @@ impl Pool {
             let mut cx = Context::from_waker(Waker::noop());
             let mut state = self.lock();
             state.waiters.retain(|waiter| !waiter.is_closed());
-            state.idle.retain_mut(|idle| idle.usable(self.idle_timeout, &mut cx));
+            state.idle.retain_mut(|idle| idle.usable(self.idle_timeout, &mut cx).is_some());
         }
     }
 }

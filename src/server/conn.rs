@@ -287,9 +287,10 @@ pin_project_lite::pin_project! {
     ///
     /// `select!` polls every branch on every wake-up. A connection's task
     /// wakes a few times per request for its sockets, and each time the
-    /// phase watch would be polled for nothing (a lock and a version check,
-    /// about 1.8 % of a request's instructions); the phase changes twice in
-    /// the process's life.
+    /// phase watch (a lock and a version check, about 1.8 % of a request's
+    /// instructions) and the idle timer would be polled for nothing; the
+    /// phase changes twice in the process's life, the timer fires at most
+    /// once a second while the connection is busy.
     struct Gated<F> {
         #[pin]
         inner: F,

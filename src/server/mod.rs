@@ -13,7 +13,6 @@ mod conn;
 mod service;
 mod transport;
 
-pub use service::Tracked;
 pub use transport::{NotUpgraded, OnUpgrade, Upgraded};
 
 use std::{

@@ -114,22 +114,19 @@ impl Tracing {
         let resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
 
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
-        let signal_specific = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
-        let endpoint = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let endpoint = traces_or_general("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT");
         let exporting = endpoint.is_some();
         let destination = match endpoint {
             None => "none (OTEL_EXPORTER_OTLP_ENDPOINT unset): trace ids only".to_owned(),
-            Some(endpoint) => {
-                let (var, protocol) = match non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-                    Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
-                    None => ("OTEL_EXPORTER_OTLP_PROTOCOL", non_empty("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "grpc".into())),
-                };
+            Some((endpoint_var, endpoint)) => {
+                let (var, protocol) = traces_or_general("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+                    .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()));
                 let wire = match protocol.as_str() {
                     "grpc" => Wire::Grpc,
                     "http/protobuf" => Wire::Http,
                     _ => return Err(OtelError::Invalid { var, value: protocol, reason: "expected grpc or http/protobuf" }),
                 };
-                let exporter = OtlpExporter::from_env(&endpoint, signal_specific, wire)?;
+                let exporter = OtlpExporter::from_env(endpoint_var, &endpoint, wire)?;
                 let runtime = export_runtime().map_err(|e| OtelError::Exporter(format!("cannot start the export thread: {e}")))?;
                 let exporter = CountingExporter { inner: Arc::new(exporter), counters, runtime: runtime.clone() };
                 let processor = BatchSpanProcessor::builder(exporter).with_batch_config(BatchConfigBuilder::default().build()).build();
@@ -182,8 +179,14 @@ fn lower_priority() {
     }
 }
 
-fn non_empty(var: &str) -> Option<String> {
+pub(super) fn non_empty(var: &str) -> Option<String> {
     std::env::var(var).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// The traces-only variable if set, else the general one (the OTLP
+/// exporter specification's precedence), with the name of the one used.
+pub(super) fn traces_or_general(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
+    non_empty(traces).map(|v| (traces, v)).or_else(|| non_empty(general).map(|v| (general, v)))
 }
 
 fn env_flag(var: &'static str) -> Result<bool, OtelError> {

@@ -30,7 +30,7 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter},
 };
 
-use super::otel::OtelError;
+use super::otel::{OtelError, non_empty, traces_or_general};
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +61,10 @@ impl fmt::Debug for OtlpExporter {
 
 impl OtlpExporter {
     /// Builds the exporter from the `OTEL_EXPORTER_OTLP_*` variables.
-    /// `endpoint` is the signal-specific one (used as given) or the base
-    /// one (to which HTTP adds `/v1/traces`).
-    pub fn from_env(endpoint: &str, signal_specific: bool, wire: Wire) -> Result<Self, OtelError> {
-        let var = if signal_specific { "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" } else { "OTEL_EXPORTER_OTLP_ENDPOINT" };
+    /// `endpoint` comes from `var`: the traces-only variable's URL is used
+    /// as given, the general one's gets `/v1/traces` added for HTTP.
+    pub fn from_env(var: &'static str, endpoint: &str, wire: Wire) -> Result<Self, OtelError> {
+        let signal_specific = var == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
         let invalid = |reason| OtelError::Invalid { var, value: endpoint.to_owned(), reason };
         let base: Uri = endpoint.parse().map_err(|_| invalid("not a URL"))?;
         match base.scheme_str() {
@@ -86,10 +86,7 @@ impl OtlpExporter {
                 parse_headers(var, &list, &mut headers)?;
             }
         }
-        let timeout = match non_empty("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-            .map(|v| ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", v))
-            .or_else(|| non_empty("OTEL_EXPORTER_OTLP_TIMEOUT").map(|v| ("OTEL_EXPORTER_OTLP_TIMEOUT", v)))
-        {
+        let timeout = match traces_or_general("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
             None => Duration::from_secs(10),
             Some((var, v)) => match v.parse::<u64>() {
                 Ok(ms) if ms > 0 => Duration::from_millis(ms),
@@ -155,10 +152,6 @@ impl SpanExporter for OtlpExporter {
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = encode_resource(resource);
     }
-}
-
-fn non_empty(var: &str) -> Option<String> {
-    std::env::var(var).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 /// `key=value,key2=value2`, values percent-encoded (the OTLP exporter
