@@ -469,30 +469,3 @@ async fn an_idle_keep_alive_connection_parks_and_keeps_serving() {
     let idle = idle_from.elapsed();
     assert!(idle >= Duration::from_millis(1800), "closed after {idle:?}, before the 2 s idle bound");
 }
-
-/// Reads one response with a `Content-Length` body: status and body.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("a response head in time").unwrap();
-        assert!(n > 0, "closed before a response head: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status code");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse().unwrap()))
-        .expect("a Content-Length");
-    while buf.len() < head_end + length {
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("the body in time").unwrap();
-        assert!(n > 0, "closed mid-body");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    (status, String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned())
-}
