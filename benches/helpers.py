@@ -233,6 +233,10 @@ def cmd_idle_conns(a):
         s.close()
     time.sleep(a.settle)
     after = rss_kib(pids)
+    returned = None
+    if a.returned_after > 0:
+        time.sleep(max(0.0, a.returned_after - a.settle))
+        returned = rss_kib(pids)
     print(
         json.dumps(
             {
@@ -244,6 +248,8 @@ def cmd_idle_conns(a):
                 "rss_before_kib": before,
                 "rss_with_conns_kib": during,
                 "rss_after_close_kib": after,
+                "rss_returned_after_s": a.returned_after if returned is not None else None,
+                "rss_returned_kib": returned,
                 "kib_per_conn": round((during - before) / max(1, open_now), 3),
             }
         )
@@ -579,6 +585,10 @@ def markdown(summary, extras, targets, mode="full"):
             c = ic.get(t)
             cells.append("–" if not c else f"{_mib(c['rss_with_conns_kib'])} ({c['kib_per_conn']:.1f} KiB/conn, {c['open_at_measurement']} open)")
         out.append(f"| RSS with {n} idle keep-alive connections | " + " | ".join(cells) + " |")
+        after = next((c.get("rss_returned_after_s") for c in ic.values() if c.get("rss_returned_kib") is not None), None)
+        if after:
+            cells = ["–" if not ic.get(t) or ic[t].get("rss_returned_kib") is None else _mib(ic[t]["rss_returned_kib"]) for t in TARGETS[1:]]
+            out.append(f"| RSS {after:.0f} s after those connections closed | " + " | ".join(cells) + " |")
     def outrider_row(label, results, key, fmt):
         # A row measured on the outrider targets only ("–" for nginx).
         if results:
@@ -691,6 +701,7 @@ def main():
     r.add_argument("--path", default="/")
     r.add_argument("--settle", type=float, default=0.5)
     r.add_argument("--timeout", type=float, default=60)
+    r.add_argument("--returned-after", type=float, default=0, help="also read the RSS this many seconds after closing (0: no)")
     r.set_defaults(fn=cmd_idle_conns)
 
     r = sub.add_parser("start-to-ready")

@@ -42,9 +42,9 @@ for arg in "$@"; do
 done
 
 if ((QUICK)); then
-    MODE=quick ROUNDS=1 D64=2 D1=2 DWARM=0 D1M=1 READYZ_N=100 IDLE_N=1000 STR_RUNS=3
+    MODE=quick ROUNDS=1 D64=2 D1=2 DWARM=0 D1M=1 READYZ_N=100 IDLE_N=1000 STR_RUNS=3 RETURN_S=0
 else
-    MODE=full ROUNDS=3 D64=10 D1=5 DWARM=1 D1M=3 READYZ_N=500 IDLE_N=10000 STR_RUNS=5
+    MODE=full ROUNDS=3 D64=10 D1=5 DWARM=1 D1M=3 READYZ_N=500 IDLE_N=10000 STR_RUNS=5 RETURN_S=15
 fi
 
 # Ports. 4318 is the OTLP/HTTP default; the rest are unlikely to be taken.
@@ -395,13 +395,16 @@ cat >"$EXTRAS/spans.json" <<EOF
 EOF
 echo "spans: ended ${ended:-?}, exported ${exported:-?}, failed ${failed:-?}; sink $sink" >&2
 
-log "RSS with $IDLE_N idle keep-alive connections"
+# After the connections close, how much memory goes back to the OS (and
+# when): a sidecar that keeps the memory of its busiest minute is charged
+# for it against the pod's limit for good.
+log "RSS with $IDLE_N idle keep-alive connections, and ${RETURN_S}s after they close"
 for t in nginx outrider-off outrider-full; do
     port="${URL[$t]##*:}"
     pid_args=()
     for p in ${PROXY_PIDS[$t]}; do pid_args+=(--pid "$p"); done
     taskset -c $CPU_LOAD python3 "$HELPERS" idle-conns --port "$port" "${pid_args[@]}" --n "$IDLE_N" \
-        >"$EXTRAS/idle_conns.$t.json" || die "idle-conns against $t failed"
+        --returned-after "$RETURN_S" >"$EXTRAS/idle_conns.$t.json" || die "idle-conns against $t failed"
     echo "  $t: $(cat "$EXTRAS/idle_conns.$t.json")" >&2
 done
 
@@ -461,7 +464,7 @@ meta = {
     },
     "config": {
         "rounds": $ROUNDS, "c64_seconds": $D64, "c1_seconds": $D1, "throughput_1m_seconds": $D1M,
-        "readyz_requests": $READYZ_N, "idle_connections": $IDLE_N, "start_to_ready_runs": $STR_RUNS,
+        "readyz_requests": $READYZ_N, "idle_connections": $IDLE_N, "rss_returned_after_seconds": $RETURN_S, "start_to_ready_runs": $STR_RUNS,
         "pinning": {"upstream, nginx, outrider": $CPU_SERVERS, "wrk, python clients, otlp sink": $CPU_LOAD},
         "order": "each round: c64 against direct, nginx, outrider-off, outrider-full; then c1 in the same order",
         "outrider_access_log": False,
