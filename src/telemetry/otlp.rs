@@ -320,6 +320,9 @@ fn array_values(buf: &mut Vec<u8>, array: &Array) {
 
 /// A `KeyValue` message in `field`.
 fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+    if short_key_value(buf, field, key, value) {
+        return;
+    }
     let value_len = any_value_len(value);
     tag(buf, field, LEN);
     varint(buf, (string_field_len(1, key.as_bytes()) + field_len(2, value_len)) as u64);
@@ -327,6 +330,37 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     tag(buf, 2, LEN);
     varint(buf, value_len as u64);
     any_value(buf, value);
+}
+
+/// The attributes of a server span are nearly all a short key with a
+/// short string or a small integer: every tag and length then fits one
+/// byte, and the message is written as two fixed-size headers and two
+/// copies instead of field by field (a third of the encoder's time went
+/// to `key_value`). False, having written nothing, for anything else.
+fn short_key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) -> bool {
+    let key = key.as_bytes();
+    let (value_field, value_bytes, int) = match value {
+        Value::String(s) => (1, s.as_str().as_bytes(), 0),
+        Value::I64(i) if (0..128).contains(i) => (3, &[][..], *i as u8),
+        _ => return false,
+    };
+    // AnyValue: the member's tag, then its length and bytes or its varint.
+    let any_len = if value_field == 1 { 2 + value_bytes.len() } else { 2 };
+    let body_len = 2 + key.len() + 2 + any_len;
+    if field >= 16 || key.is_empty() || body_len >= 128 {
+        return false;
+    }
+    buf.reserve(2 + body_len);
+    // Single-byte tags: (field << 3) | wire type. Lengths are < 128 here.
+    buf.extend_from_slice(&[(field << 3) as u8 | LEN, body_len as u8, 1 << 3 | LEN, key.len() as u8]);
+    buf.extend_from_slice(key);
+    if value_field == 1 {
+        buf.extend_from_slice(&[2 << 3 | LEN, any_len as u8, 1 << 3 | LEN, value_bytes.len() as u8]);
+        buf.extend_from_slice(value_bytes);
+    } else {
+        buf.extend_from_slice(&[2 << 3 | LEN, any_len as u8, 3 << 3 | VARINT, int]);
+    }
+    true
 }
 
 fn attributes(buf: &mut Vec<u8>, field: u32, attributes: &[KeyValue]) {
@@ -542,6 +576,14 @@ mod tests {
                     KeyValue::new("ints", Value::Array(vec![1_i64, -2, 300].into())),
                     KeyValue::new("bools", Value::Array(vec![true, false].into())),
                     KeyValue::new("floats", Value::Array(vec![1.5_f64].into())),
+                    // Around the one-byte-length shortcut: the longest
+                    // value that takes it, one byte more, far more, an
+                    // integer just past it, and an empty key.
+                    KeyValue::new("url.path", "/".repeat(127 - 2 - 8 - 2 - 2)),
+                    KeyValue::new("url.path", "/".repeat(127 - 2 - 8 - 2 - 2 + 1)),
+                    KeyValue::new("url.query", "q=".repeat(300)),
+                    KeyValue::new("server.port", 128_i64),
+                    KeyValue::new("", "no key"),
                 ],
             ),
             span(&other_scope, 2, 0, Status::Ok, vec![]),
