@@ -17,9 +17,9 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
 };
 use prometheus::IntCounter;
+use tracing::{info, warn};
 
 use super::otlp::{OtlpExporter, Wire};
-use tracing::{info, warn};
 
 /// The standard variables honoured here, for the configuration reference.
 pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[

@@ -80,10 +80,25 @@ impl OtlpExporter {
         };
         let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build().map_err(|_| invalid("not a URL"))?;
 
+        // Every request's headers, built once: the configured ones, then
+        // the protocol's own, which win over a configured one.
         let mut headers = HeaderMap::new();
         for var in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
             if let Some(list) = non_empty(var) {
                 parse_headers(var, &list, &mut headers)?;
+            }
+        }
+        // The OTLP specification asks exporters to name themselves.
+        if !headers.contains_key(http::header::USER_AGENT) {
+            headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("outrider/", env!("CARGO_PKG_VERSION"))));
+        }
+        match wire {
+            Wire::Http => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+            }
+            Wire::Grpc => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
         }
         let timeout = match traces_or_general("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
@@ -101,19 +116,6 @@ impl OtlpExporter {
         let mut request = Request::builder().method(Method::POST).uri(self.uri.clone());
         if let Some(headers) = request.headers_mut() {
             headers.clone_from(&self.headers);
-            // The OTLP specification asks exporters to name themselves.
-            if !headers.contains_key(http::header::USER_AGENT) {
-                headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("outrider/", env!("CARGO_PKG_VERSION"))));
-            }
-            match self.wire {
-                Wire::Http => {
-                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
-                }
-                Wire::Grpc => {
-                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-                }
-            }
         }
         let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         let response = self.client.request(request).await.map_err(|e| format!("{e:?}"))?;
