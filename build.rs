@@ -1,12 +1,14 @@
-//! Stamps the git commit into `outrider_build_info` when building from a
-//! checkout. An explicit `OUTRIDER_COMMIT` wins: the container build passes
-//! it as a build argument, since `.git` is not in its context.
+//! Stamps the git commit into `outrider --version` and `outrider_build_info`
+//! as `OUTRIDER_COMMIT`. An explicit `OUTRIDER_COMMIT` wins: the container
+//! build passes it as a build argument, since `.git` is not in its context;
+//! else the checkout's HEAD; else "unknown".
 
 use std::{path::Path, process::Command};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=OUTRIDER_COMMIT");
-    if std::env::var_os("OUTRIDER_COMMIT").is_some() {
+    if let Some(commit) = std::env::var("OUTRIDER_COMMIT").ok().filter(|c| !c.is_empty()) {
+        println!("cargo:rustc-env=OUTRIDER_COMMIT={commit}");
         return;
     }
     // Rebuilt when HEAD moves: a checkout rewrites HEAD, a commit the ref it
@@ -28,7 +30,5 @@ fn main() {
         .filter(|out| out.status.success())
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()));
-    if let Some(commit) = commit {
-        println!("cargo:rustc-env=OUTRIDER_COMMIT={commit}");
-    }
+    println!("cargo:rustc-env=OUTRIDER_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
 }

@@ -23,17 +23,20 @@ use outrider::{
     tls::{Tls, TlsOptions},
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info};
 
 /// Exit code for a configuration or usage error.
 const EX_CONFIG: u8 = 2;
 
+/// `outrider --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OUTRIDER_COMMIT"), ")");
+
 /// A sidecar reverse proxy that gives a legacy HTTP app tracing, metrics,
 /// probes and a lossless shutdown. Every flag has an OUTRIDER_* variable;
 /// see docs/configuration.md.
 #[derive(Debug, Parser)]
-#[command(name = "outrider", version, about, long_about = None)]
+#[command(name = "outrider", version = VERSION, about, long_about = None)]
 struct Cli {
     /// Public listener address (OUTRIDER_LISTEN).
     #[arg(long, value_name = "ADDR")]
@@ -207,9 +210,10 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     let (drain_request, drain_requested) = watch::channel(false);
     let (drained_tx, drained) = watch::channel(false);
     let connections = TaskTracker::new();
+    let draining = CancellationToken::new();
     let plan = DrainPlan { delay: config.drain_delay, timeout: config.drain_timeout, app_stop_timeout: config.app_stop_timeout };
-    let lifecycle =
-        Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx).context("cannot install signal handlers")?;
+    let lifecycle = Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx, draining.clone())
+        .context("cannot install signal handlers")?;
 
     // TLS before the app: a bad certificate must not leave it running.
     let tls = match &config.tls {
@@ -235,11 +239,8 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         _ => None,
     };
     // Telemetry before the app: a bad OTEL_* value must not leave it running.
-    let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new(
-        &config.routes_list(),
-        env!("CARGO_PKG_VERSION"),
-        option_env!("OUTRIDER_COMMIT").unwrap_or("unknown"),
-    )?));
+    let metrics: &'static Metrics =
+        Box::leak(Box::new(Metrics::new(&config.routes_list(), env!("CARGO_PKG_VERSION"), env!("OUTRIDER_COMMIT"))?));
     let service_name = command
         .first()
         .and_then(|c| std::path::Path::new(c).file_name())
@@ -286,7 +287,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         tls: upstream_tls,
     };
     let health = Health::new(config.app_health_failures, config.app_health_successes);
-    let connector = upstream::Connector::new(&client_options, health.clone());
+    let connector = upstream::Connector::new(&client_options, health.clone(), draining);
     let held = connector.held_counter();
     tokio::spawn(health::run_checks(
         health.clone(),

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the binary outrider ships: a static glibc executable (no
+# interpreter, no shared libraries), so it runs in a `FROM scratch` image and
+# can be copied into any other image for wrap mode. Prints its path.
+#
+#   bash deploy/build-static.sh
+#
+# Static glibc rather than musl: it needs no extra Rust target, so every
+# machine with the stable toolchain builds it, offline included, and it
+# keeps glibc's faster memcpy/string routines (the allocator is jemalloc
+# either way). `--target` is spelled out so that RUSTFLAGS reach only the
+# target, not build scripts and proc macros, which must stay dynamic.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+TARGET=x86_64-unknown-linux-gnu
+case "$(uname -m)" in
+    x86_64) ;;
+    aarch64) TARGET=aarch64-unknown-linux-gnu ;;
+    *) echo "build-static.sh: no static target known for $(uname -m)" >&2; exit 1 ;;
+esac
+
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target "$TARGET" >&2
+bin="target/$TARGET/release/outrider"
+# A static executable has no program interpreter; a dynamic one would fail
+# in a scratch image with a confusing "no such file or directory".
+if readelf -l "$bin" 2>/dev/null | grep -q 'program interpreter'; then
+    echo "build-static.sh: $bin is dynamically linked" >&2
+    exit 1
+fi
+echo "$PWD/$bin"

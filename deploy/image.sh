@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds outrider's container image from this checkout, offline: the static
+# binary is built here (deploy/build-static.sh), then the Dockerfile's
+# runtime stage is built on top of it with podman (or docker if there is no
+# podman). No image is pulled.
+#
+#   bash deploy/image.sh                 # tags outrider:dev
+#   IMAGE=registry.example/outrider:1.2 bash deploy/image.sh
+#   OUTRIDER_BIN=path/to/outrider bash deploy/image.sh   # skip the cargo build
+#
+# Prints the image name on its last line.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+IMAGE=${IMAGE:-localhost/outrider:dev}
+
+if command -v podman >/dev/null; then
+    ENGINE=(podman)
+    # Settings for hosts without systemd (see the file), unless the caller
+    # has its own.
+    export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}
+elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    ENGINE=(docker)
+else
+    echo "image.sh: neither podman nor a running docker engine found (apt-get install podman runc)" >&2
+    exit 1
+fi
+
+bin=${OUTRIDER_BIN:-$(bash deploy/build-static.sh)}
+ca=/etc/ssl/certs/ca-certificates.crt
+[[ -f $ca ]] || { echo "image.sh: no CA bundle at $ca (apt-get install ca-certificates)" >&2; exit 1; }
+
+# The binary and CA roots as a one-layer image, named as the Dockerfile's
+# `binary` stage expects through BINARY_FROM.
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+cp "$bin" "$ctx/outrider"
+cp "$ca" "$ctx/ca-certificates.crt"
+printf '%s\n' 'FROM scratch' 'COPY outrider /outrider' \
+    'COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt' >"$ctx/Containerfile"
+staging=localhost/outrider-binary:staging
+"${ENGINE[@]}" build --quiet -t "$staging" -f "$ctx/Containerfile" "$ctx" >/dev/null
+
+"${ENGINE[@]}" build --quiet --build-arg BINARY_FROM="$staging" -t "$IMAGE" -f Dockerfile . >/dev/null
+"${ENGINE[@]}" rmi "$staging" >/dev/null 2>&1 || true
+
+size=$("${ENGINE[@]}" image inspect --format '{{.Size}}' "$IMAGE")
+echo "image.sh: built $IMAGE ($(( size / 1000 )) kB): $("${ENGINE[@]}" run --rm "$IMAGE" --version)" >&2
+echo "$IMAGE"
