@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook_tokio::Signals;
 use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
@@ -70,6 +70,9 @@ pub struct Lifecycle {
     drain_request: watch::Receiver<bool>,
     /// Set once in-flight requests are done, to answer `/drain`.
     drained: watch::Sender<bool>,
+    /// Cancelled when the drain starts: requests stop waiting for an app
+    /// that is away.
+    draining: CancellationToken,
 }
 
 /// How a wait ended.
@@ -91,9 +94,10 @@ impl Lifecycle {
         plan: DrainPlan,
         drain_request: watch::Receiver<bool>,
         drained: watch::Sender<bool>,
+        draining: CancellationToken,
     ) -> io::Result<Self> {
         let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?;
-        Ok(Self { signals, phase, connections, plan, drain_request, drained })
+        Ok(Self { signals, phase, connections, plan, drain_request, drained, draining })
     }
 
     /// Runs until outrider should exit, and returns the exit code: the
@@ -130,6 +134,7 @@ impl Lifecycle {
              then waiting for in-flight requests, then stopping the app"
         );
         self.phase.send_replace(Phase::Drain);
+        self.draining.cancel();
         let deadline = tokio::time::Instant::now() + plan.timeout;
 
         // 1. Endpoint removal is propagating: keep serving.
@@ -202,6 +207,7 @@ impl Lifecycle {
 
     fn close_now(&self) {
         self.phase.send_replace(Phase::Close);
+        self.draining.cancel();
         self.connections.close();
     }
 

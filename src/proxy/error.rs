@@ -27,8 +27,8 @@ pub enum ProxyError {
     ClientAborted,
     /// The request cannot be proxied (e.g. `CONNECT`).
     MethodNotAllowed,
-    /// The app is away and the request could not be held (buffer full, or
-    /// held past the buffer timeout).
+    /// The app is away and the request could not be held (buffer full,
+    /// held past the buffer timeout, or the drain has started).
     Unavailable,
     /// Too many requests in flight to the app (`OUTRIDER_MAX_INFLIGHT`).
     Overloaded,
@@ -56,7 +56,7 @@ impl ProxyError {
                 return Some(match c {
                     ConnectError::Timeout { .. } => Self::ConnectTimeout,
                     ConnectError::Io { .. } => Self::ConnectRefused,
-                    ConnectError::BufferFull { .. } | ConnectError::BufferTimeout { .. } => Self::Unavailable,
+                    ConnectError::BufferFull { .. } | ConnectError::BufferTimeout { .. } | ConnectError::Draining => Self::Unavailable,
                 });
             }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {

@@ -25,6 +25,7 @@ use tokio::{
     net::{TcpStream, UnixStream},
     time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{body::RequestBody, health::Health};
@@ -111,6 +112,12 @@ pub struct Connector {
     /// Set when a held request gave up; until the app is healthy again,
     /// new requests fail at once instead of piling up for the full timeout.
     fail_fast: Arc<AtomicBool>,
+    /// Cancelled when the drain starts. From then on nothing is held, and
+    /// what is held is let go: an app that refuses connections during the
+    /// drain has stopped for good (its own SIGTERM came at the same time as
+    /// ours, as with a classic sidecar), so waiting for it only turns a
+    /// quick 503 into a slow one, and holds the drain open with it.
+    draining: CancellationToken,
 }
 
 /// Why a connection to the app could not be made.
@@ -128,6 +135,8 @@ pub enum ConnectError {
     BufferFull { max: usize },
     #[error("app did not accept connections within {waited:?}")]
     BufferTimeout { waited: Duration },
+    #[error("app refused connections during the drain")]
+    Draining,
 }
 
 impl ConnectError {
@@ -140,7 +149,7 @@ impl ConnectError {
                 io::ErrorKind::NotFound => "socket not found".into(),
                 _ => format!("connect failed: {source}"),
             },
-            Self::BufferFull { .. } | Self::BufferTimeout { .. } => "app unavailable".into(),
+            Self::BufferFull { .. } | Self::BufferTimeout { .. } | Self::Draining => "app unavailable".into(),
         }
     }
 
@@ -154,7 +163,8 @@ impl ConnectError {
 // === impl Connector ===
 
 impl Connector {
-    pub fn new(options: &ClientOptions, health: Health) -> Self {
+    /// `draining` is cancelled when the drain starts (see the field).
+    pub fn new(options: &ClientOptions, health: Health, draining: CancellationToken) -> Self {
         Self {
             target: options.target.clone(),
             timeout: options.connect_timeout,
@@ -163,6 +173,7 @@ impl Connector {
             health,
             held: Arc::new(AtomicUsize::new(0)),
             fail_fast: Arc::new(AtomicBool::new(false)),
+            draining,
         }
     }
 
@@ -226,6 +237,9 @@ impl Connector {
             Err(e) => e,
         };
         let Some(buffer) = self.buffer.filter(|_| first.is_refused()) else { return Err(first) };
+        if self.draining.is_cancelled() {
+            return Err(ConnectError::Draining);
+        }
         if self.fail_fast.load(Ordering::Relaxed) && !self.health.is_healthy() {
             return Err(ConnectError::BufferTimeout { waited: Duration::ZERO });
         }
@@ -244,6 +258,10 @@ impl Connector {
             tokio::select! {
                 () = wait => {}
                 _ = health.changed() => {}
+                () = self.draining.cancelled() => {
+                    debug!(held_for = ?started.elapsed(), "drain started while the app was away; letting the held request go");
+                    return Err(ConnectError::Draining);
+                }
             }
             if Instant::now() >= deadline {
                 if !self.fail_fast.swap(true, Ordering::Relaxed) {
@@ -371,5 +389,86 @@ impl hyper::rt::Write for UpstreamIo {
             Self::Unix(io) => io.is_write_vectored(),
             Self::Tls(io) => io.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hold layer, in-process under paused time: an app that is not
+    //! there is a Unix socket path that does not exist, which fails at once
+    //! (no real wait for the paused clock to skip over).
+
+    use super::*;
+
+    const BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn connector(draining: CancellationToken) -> Connector {
+        let options = ClientOptions {
+            target: Target::Unix(PathBuf::from("/nonexistent/outrider-test-app.sock")),
+            http2: false,
+            connect_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle: 8,
+            buffer: Some(BufferOptions { max: 4, timeout: BUFFER_TIMEOUT }),
+            tls: None,
+        };
+        Connector::new(&options, Health::new(1, 1), draining)
+    }
+
+    /// Waits (in paused time) until `n` requests are held.
+    async fn until_held(held: &AtomicUsize, n: usize) {
+        while held.load(Ordering::Acquire) != n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_gives_up_at_the_buffer_timeout() {
+        let connector = connector(CancellationToken::new());
+        let started = Instant::now();
+        let result = connector.connect().await;
+        assert!(matches!(result, Err(ConnectError::BufferTimeout { waited }) if waited == BUFFER_TIMEOUT), "{result:?}");
+        assert!(started.elapsed() >= BUFFER_TIMEOUT, "gave up after {:?}", started.elapsed());
+        assert_eq!(connector.held_counter().load(Ordering::Acquire), 0, "the slot was not given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_lets_held_requests_go_at_once() {
+        let draining = CancellationToken::new();
+        let connector = connector(draining.clone());
+        let held = connector.held_counter();
+        let started = Instant::now();
+        let requests: Vec<_> = (0..3)
+            .map(|_| {
+                let connector = connector.clone();
+                tokio::spawn(async move { connector.connect().await })
+            })
+            .collect();
+        until_held(&held, 3).await;
+        let cancelled_at = started.elapsed();
+        draining.cancel();
+        for request in requests {
+            let result = request.await.expect("connect task panicked");
+            assert!(matches!(result, Err(ConnectError::Draining)), "{result:?}");
+        }
+        // Paused time: nothing moved the clock but the requests' own backoff
+        // before the cancel; the cancel itself took no time.
+        assert_eq!(started.elapsed(), cancelled_at, "held requests waited after the drain started");
+        assert_eq!(held.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_held_once_the_drain_started() {
+        let draining = CancellationToken::new();
+        draining.cancel();
+        let connector = connector(draining);
+        let started = Instant::now();
+        let result = connector.connect().await;
+        assert!(matches!(result, Err(ConnectError::Draining)), "{result:?}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // A request refused during the drain answers 503, as any request the
+        // buffer cannot take.
+        let err = result.unwrap_err();
+        assert_eq!(crate::proxy::error::ProxyError::classify(&err), Some(crate::proxy::error::ProxyError::Unavailable));
     }
 }
