@@ -7,7 +7,8 @@
 #   bash benches/run.sh --quick    # smoke run: 1 round of 2 s each (~30 s)
 #   bash benches/run.sh --no-build # reuse the binaries already built
 #   BENCH_OUTRIDER_BIN=path ...    # measure that outrider binary instead
-#                                  # of building target/release/outrider
+#                                  # of building the shipped static binary
+#                                  # (deploy/build-static.sh)
 #   BENCH_REV=rev ...              # commit to record for that binary, or
 #                                  # when the tree is not a git checkout
 #   BENCH_KEEP_TMP=1 ...           # keep logs and raw wrk output in /tmp
@@ -52,7 +53,10 @@ P_UP=18081 P_NGINX=18082 P_OFF=18083 P_FULL=18084 P_STR=18085
 A_OFF=19083 A_FULL=19084 A_STR=19085 P_SINK=4318
 CPU_SERVERS=0 CPU_LOAD=1
 
-OUTRIDER="${BENCH_OUTRIDER_BIN:-$ROOT/target/release/outrider}"
+# The binary the image ships (static glibc, deploy/build-static.sh): the
+# libc and allocator it links moved these figures before.
+SHIPPED_BIN="target/$(uname -m)-unknown-linux-gnu/release/outrider"
+OUTRIDER="${BENCH_OUTRIDER_BIN:-$ROOT/$SHIPPED_BIN}"
 UPSTREAM_BIN="$HERE/upstream/target/release/bench-upstream"
 RESULTS="$HERE/results"
 
@@ -98,7 +102,7 @@ echo "wrk: $WRK_VERSION; nginx: $NGINX_VERSION; CLK_TCK=$CLK_TCK" >&2
 if ((BUILD)); then
     log "build (release)"
     if [[ -z "${BENCH_OUTRIDER_BIN:-}" ]]; then
-        (cd "$ROOT" && cargo build --release --locked) || die "cargo build of outrider failed"
+        (cd "$ROOT" && bash deploy/build-static.sh >/dev/null) || die "cargo build of outrider failed"
     fi
     cargo build --release --locked --manifest-path "$HERE/upstream/Cargo.toml" || die "cargo build of the bench upstream failed"
 fi
@@ -422,7 +426,7 @@ log "binary size"
 cp "$OUTRIDER" "$TMP/outrider.stripped"
 strip "$TMP/outrider.stripped" 2>/dev/null || echo "note: strip not found; reporting the file as built" >&2
 cat >"$EXTRAS/binary.json" <<EOF
-{"path": "${BENCH_OUTRIDER_BIN:-target/release/outrider}", "file_bytes": $(stat -c %s "$OUTRIDER"), "stripped_bytes": $(stat -c %s "$TMP/outrider.stripped")}
+{"path": "${BENCH_OUTRIDER_BIN:-$SHIPPED_BIN}", "file_bytes": $(stat -c %s "$OUTRIDER"), "stripped_bytes": $(stat -c %s "$TMP/outrider.stripped")}
 EOF
 cat "$EXTRAS/binary.json" >&2
 
@@ -456,7 +460,7 @@ meta = {
     "versions": {
         "outrider_git": "$GIT_REV",
         "outrider_src_dirty": $([[ $GIT_DIRTY == true ]] && echo True || echo False),
-        "outrider_bin": "${BENCH_OUTRIDER_BIN:-target/release/outrider}",
+        "outrider_bin": "${BENCH_OUTRIDER_BIN:-$SHIPPED_BIN}",
         "outrider_bin_sha256": "$BIN_SHA",
         "nginx": "$NGINX_VERSION",
         "wrk": "$WRK_VERSION",

@@ -3,167 +3,50 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
+use common::{otlp::*, *};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::{Span, span::SpanKind, status::StatusCode},
+    collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
+    trace::v1::{span::SpanKind, status::StatusCode},
 };
 use prost::Message;
 
-/// One exported span with its resource's attributes.
-#[derive(Debug, Clone)]
-struct Exported {
-    span: Span,
-    resource: Vec<KeyValue>,
-}
-
-impl Exported {
-    fn attr(&self, key: &str) -> Option<String> {
-        find(&self.span.attributes, key)
-    }
-    fn trace_id(&self) -> String {
-        hex(&self.span.trace_id)
-    }
-    fn span_id(&self) -> String {
-        hex(&self.span.span_id)
-    }
-    fn parent_id(&self) -> String {
-        hex(&self.span.parent_span_id)
-    }
-}
-
-fn find(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| match &kv.value {
-        Some(AnyValue { value: Some(Value::StringValue(s)) }) => Some(s.clone()),
-        Some(AnyValue { value: Some(Value::IntValue(i)) }) => Some(i.to_string()),
-        Some(AnyValue { value: Some(Value::BoolValue(b)) }) => Some(b.to_string()),
-        Some(AnyValue { value: Some(Value::DoubleValue(d)) }) => Some(d.to_string()),
-        _ => None,
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-type Store = Arc<Mutex<Vec<Exported>>>;
-
-fn store(store: &Store, request: ExportTraceServiceRequest) {
-    let mut out = store.lock().unwrap();
-    for rs in request.resource_spans {
-        let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
-        for ss in rs.scope_spans {
-            for span in ss.spans {
-                out.push(Exported { span, resource: resource.clone() });
-            }
-        }
-    }
-}
-
-struct Grpc(Store);
-
-#[tonic::async_trait]
-impl TraceService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        store(&self.0, request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-/// A real OTLP receiver on loopback.
-struct Receiver {
-    addr: SocketAddr,
-    spans: Store,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn grpc() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let spans = Store::default();
-        let service = TraceServiceServer::new(Grpc(spans.clone()));
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream_from(listener);
-            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
-        });
-        Self { addr, spans, task }
-    }
-
-    async fn http() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let spans = Store::default();
-        let sink = spans.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let sink = sink.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let sink = sink.clone();
-                        async move {
-                            assert_eq!(req.uri().path(), "/v1/traces");
-                            assert_eq!(req.headers()["content-type"], "application/x-protobuf");
-                            // OTEL_EXPORTER_OTLP_HEADERS, percent-decoded (set by the test below).
-                            assert_eq!(req.headers()["x-api-key"], "s3cr=t");
-                            assert!(req.headers()["user-agent"].to_str().unwrap().starts_with("outrider/"));
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            store(&sink, ExportTraceServiceRequest::decode(body).unwrap());
-                            let out = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                            Ok::<_, std::convert::Infallible>(
-                                Response::builder().header("content-type", "application/x-protobuf").body(full(Bytes::from(out))).unwrap(),
-                            )
-                        }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+/// OTLP over HTTP/protobuf on loopback, checking what the test below sets.
+async fn http_receiver() -> Receiver {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans = Store::default();
+    let sink = spans.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        assert_eq!(req.uri().path(), "/v1/traces");
+                        assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                        // OTEL_EXPORTER_OTLP_HEADERS, percent-decoded (set by the test below).
+                        assert_eq!(req.headers()["x-api-key"], "s3cr=t");
+                        assert!(req.headers()["user-agent"].to_str().unwrap().starts_with("outrider/"));
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        store(&sink, ExportTraceServiceRequest::decode(body).unwrap());
+                        let out = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder().header("content-type", "application/x-protobuf").body(full(Bytes::from(out))).unwrap(),
+                        )
+                    }
                 });
-            }
-        });
-        Self { addr, spans, task }
-    }
-
-    fn spans(&self) -> Vec<Exported> {
-        self.spans.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, what: &str, pred: impl Fn(&Exported) -> bool) -> Exported {
-        eventually(what, || {
-            let found = self.spans().into_iter().find(|s| pred(s));
-            async move { found }
-        })
-        .await
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn tokio_stream_from(listener: tokio::net::TcpListener) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(s, _)| s);
-        Some((accepted, listener))
-    })
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Receiver { addr, spans, task }
 }
 
 fn traced(app: &App, endpoint: &str, protocol: &str) -> Spawn {
@@ -234,7 +117,7 @@ async fn a_traced_request_gives_one_server_span_that_continues_the_callers_trace
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_protobuf_export_a_root_span_and_errors_marked() {
-    let receiver = Receiver::http().await;
+    let receiver = http_receiver().await;
     let app = App::start().await;
     let proxy = traced(&app, &format!("http://{}", receiver.addr), "http/protobuf")
         .env("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cr%3Dt")

@@ -20,6 +20,8 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+pub mod otlp;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_outrider");
 
 /// How long to wait for anything that should happen "soon". Generous, so a

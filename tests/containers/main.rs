@@ -1,0 +1,463 @@
+//! outrider where it lives: its real image, in real podman pods and
+//! containers, stopped the way the kubelet stops them.
+//!
+//! * pod mode: app and outrider containers sharing one network namespace,
+//!   reached from the host at the pod's IP; probes, metrics, a trace at a
+//!   real OTLP receiver; the image's own properties;
+//! * the kubelet's stop sequence for a native sidecar, and the classic
+//!   sidecar's order (both containers TERMed at once);
+//! * wrap mode: outrider as PID 1 of the app's container;
+//! * a rolling restart behind a load balancer: the bare app against the
+//!   same app behind outrider.
+//!
+//! Needs podman (with runc), busybox-static and haproxy. Without podman the
+//! tests say so and pass, unless `CI` is set: there they must run.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod lb;
+mod load;
+mod podman;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use common::{otlp::Receiver, *};
+use http::Request;
+use lb::Haproxy;
+use load::{Load, Report};
+use podman::{Container, Images, Pod};
+
+/// The kubelet's `terminationGracePeriodSeconds` in these tests.
+const GRACE: Duration = Duration::from_secs(30);
+/// How long endpoint removal takes to reach the load balancer.
+const ENDPOINT_LAG: Duration = Duration::from_secs(1);
+/// outrider's drain delay in these tests: longer than the lag, shorter than
+/// the 5 s default to keep the tests quick.
+const DRAIN_DELAY: &str = "3s";
+const TOKEN: &str = "test-admin-token-3b5d";
+/// The load: fast static files and a CGI that takes 200 ms, so that some
+/// requests are always in flight.
+const PATHS: [&str; 2] = ["/", "/cgi-bin/slow?0.2"];
+const WORKERS: usize = 4;
+
+/// One container test at a time: they measure timing and share 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The images, or `None` (after saying why) where there is no podman.
+fn setup() -> Option<&'static Images> {
+    if !podman::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but podman is not usable: the container tests must run there (apt-get install podman runc busybox-static haproxy)"
+        );
+        eprintln!(
+            "SKIPPED: podman is not usable here, so the container tests did not run (apt-get install podman runc busybox-static haproxy)"
+        );
+        return None;
+    }
+    let images = podman::images();
+    eprintln!("images built in {:.1?}", images.built_in);
+    Some(images)
+}
+
+/// The app container of a pod: busybox httpd on the pod's loopback.
+async fn app(pod: &Pod, images: &Images) -> String {
+    pod.run("app", &images.app, &[]).await
+}
+
+/// The outrider container of a pod, with `env` on top of the test defaults.
+async fn sidecar(pod: &Pod, images: &Images, env: &[(&str, &str)]) -> String {
+    let mut all = vec![
+        ("OUTRIDER_UPSTREAM", "http://127.0.0.1:8081"),
+        ("OUTRIDER_APP_HEALTH", "/"),
+        ("OUTRIDER_DRAIN_DELAY", DRAIN_DELAY),
+        ("OUTRIDER_ADMIN_TOKEN", TOKEN),
+    ];
+    all.extend_from_slice(env);
+    pod.run("outrider", &images.outrider, &all).await
+}
+
+async fn until_ready(ip: IpAddr) {
+    wait_status(&format!("http://{ip}:9901/readyz"), 200).await;
+}
+
+/// The kubelet's preStop `httpGet`, from the node to the pod's IP.
+async fn pre_stop_drain(ip: IpAddr, token: Option<&str>) -> u16 {
+    let mut request = Request::get(format!("http://{ip}:9901/drain"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let (status, _, _) = send(&client(), request.body(full("")).expect("request")).await.expect("/drain");
+    status
+}
+
+/// When the app got SIGTERM, by its own log (see tests/containers/app/app.sh).
+async fn app_sigterm_uptime(container: &str) -> f64 {
+    let logs = podman::logs(container).await;
+    logs.lines()
+        .find_map(|l| l.strip_prefix("app: SIGTERM at "))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{container} never logged its SIGTERM:\n{logs}"))
+}
+
+fn describe(report: &Report) -> String {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for f in &report.failures {
+        *kinds.entry(f.what.clone()).or_default() += 1;
+    }
+    format!("{} of {} requests failed {kinds:?}", report.failures.len(), report.total())
+}
+
+// ===== 1. pod mode and 5. the image =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_mode_probes_metrics_and_a_trace() {
+    let Some(images) = setup() else { return };
+    let _serial = SERIAL.lock().await;
+    let pod = Pod::create("pod").await;
+    let app = app(&pod, images).await;
+    // The receiver listens on the host's side of the podman bridge: the pod
+    // reaches it there, nothing outside the host can, no port is published.
+    let receiver = Receiver::grpc_on(SocketAddr::new(podman::bridge_gateway().await, 0)).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let outrider = sidecar(
+        &pod,
+        images,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "legacy-app"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("K8S_POD_NAME", &pod.name),
+        ],
+    )
+    .await;
+    let ip = pod.ip().await;
+    until_ready(ip).await;
+
+    // A traced request through the pod's IP to the app on its loopback.
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let request = Request::get(format!("http://{ip}:8080/cgi-bin/slow?0.05"))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .body(full(""))
+        .expect("request");
+    let (status, headers, body) = send(&client(), request).await.expect("request through the pod");
+    assert_eq!(status, 200, "{headers:?} {body:?}");
+    assert!(String::from_utf8_lossy(&body).contains("slow hello"), "{body:?}");
+
+    let span = receiver.wait_for("the request's span at the receiver", |s| s.trace_id() == TRACE).await;
+    assert_eq!(span.attr("url.path").as_deref(), Some("/cgi-bin/slow"));
+    assert_eq!(span.attr("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(otlp::find(&span.resource, "service.name").as_deref(), Some("legacy-app"));
+    assert_eq!(otlp::find(&span.resource, "k8s.pod.name").as_deref(), Some(pod.name.as_str()));
+
+    let (status, _, metrics) = get(&format!("http://{ip}:9901/metrics")).await.expect("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("http_server_request_duration_seconds_count{")
+            && l.contains(r#"http_response_status_code="200""#)
+            && l.ends_with(" 1")),
+        "the request is not in /metrics:\n{metrics}"
+    );
+    assert!(metrics.contains("outrider_spans_exported_total"), "{metrics}");
+
+    // Logs in a container are JSON, one object a line, and the request's
+    // line carries its trace id.
+    let logs = podman::logs(&outrider).await;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    }
+    assert!(logs.lines().any(|l| l.contains(TRACE)), "no log line carries the trace id:\n{logs}");
+
+    // Both processes run as uid 65532 with no capabilities, on a read-only
+    // root file system (the pod's containers run with --read-only).
+    for container in [&app, &outrider] {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", podman::host_pid(container).await)).expect("status");
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::split_whitespace).and_then(|mut f| f.next());
+        assert_eq!(field("Uid:"), Some("65532"), "{container} runs as root");
+        assert_eq!(field("CapEff:"), Some("0000000000000000"), "{container} has capabilities");
+        let read_only = podman::podman(&["inspect", container, "--format", "{{.HostConfig.ReadonlyRootfs}}"]).await;
+        assert_eq!(read_only, "true");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_is_small_unprivileged_and_names_its_commit() {
+    let Some(images) = setup() else { return };
+    let _serial = SERIAL.lock().await;
+    let size: u64 = podman::podman(&["image", "inspect", &images.outrider, "--format", "{{.Size}}"]).await.parse().expect("size");
+    eprintln!("image {}: {:.1} MB", images.outrider, size as f64 / 1e6);
+    assert!(size <= 15_000_000, "the image is {size} bytes, over the 15 MB goal");
+    let user = podman::podman(&["image", "inspect", &images.outrider, "--format", "{{.Config.User}}"]).await;
+    assert_eq!(user, "65532:65532");
+    let version = podman::podman(&["run", "--rm", "--read-only", "--cap-drop=all", &images.outrider, "--version"]).await;
+    eprintln!("{version}");
+    let head = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    match head {
+        Ok(out) if out.status.success() => {
+            let head = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            assert!(version.contains(&format!("(commit {head})")), "{version} does not name HEAD {head}");
+        }
+        _ => assert!(!version.contains("unknown"), "{version}"),
+    }
+    // One layer of exactly two files: no shell, no libc, nothing to exploit.
+    let history = podman::podman(&["history", "--format", "{{.CreatedBy}}", &images.outrider]).await;
+    assert!(!history.contains("RUN"), "the runtime stage runs nothing:\n{history}");
+}
+
+// ===== 2. the kubelet's stop sequence =====
+
+/// A native sidecar (Kubernetes >= 1.29), stopped as the kubelet does:
+/// the pod leaves the endpoints (here: the load stops sending new requests
+/// `ENDPOINT_LAG` later) while the app container's preStop hook calls
+/// `/drain`; the app gets SIGTERM when the hook returns, outrider only
+/// after the app exited; SIGKILL at the grace deadline for anything left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_sidecar_stop_sequence_loses_nothing() {
+    let Some(images) = setup() else { return };
+    let _serial = SERIAL.lock().await;
+    let pod = Pod::create("native").await;
+    let app = app(&pod, images).await;
+    let outrider = sidecar(&pod, images, &[]).await;
+    let ip = pod.ip().await;
+    until_ready(ip).await;
+
+    // The kubelet calls from the node, not loopback: without the token the
+    // hook is refused and nothing drains.
+    assert_eq!(pre_stop_drain(ip, None).await, 403);
+    assert_eq!(pre_stop_drain(ip, Some("wrong-token")).await, 403);
+    assert_eq!(get(&format!("http://{ip}:9901/readyz")).await.expect("/readyz").0, 200, "a refused /drain drained");
+
+    let load = Load::start(SocketAddr::new(ip, 8080), &PATHS, WORKERS);
+    load.until_ok(20).await;
+
+    // The pod is deleted.
+    let started = Instant::now();
+    let endpoints = load.stopper();
+    let removal = tokio::spawn(async move {
+        tokio::time::sleep(ENDPOINT_LAG).await;
+        endpoints.stop();
+    });
+    assert_eq!(pre_stop_drain(ip, Some(TOKEN)).await, 200, "preStop /drain");
+    let (app_code, _) = podman::stop(&app, GRACE.saturating_sub(started.elapsed())).await;
+    let (outrider_code, _) = podman::stop(&outrider, GRACE.saturating_sub(started.elapsed())).await;
+    let took = started.elapsed();
+    removal.await.expect("endpoint removal");
+    let report = load.finish().await;
+
+    eprintln!("native sidecar stop: {}; pod stopped {took:.1?} after deletion (grace {GRACE:?})", describe(&report));
+    assert!(report.failures.is_empty(), "{}: {:?}", describe(&report), report.failures);
+    assert!(report.ok >= 20);
+    assert_eq!(app_code, 0, "the app did not exit cleanly:\n{}", podman::logs(&app).await);
+    assert_eq!(outrider_code, 0, "outrider did not exit cleanly:\n{}", podman::logs(&outrider).await);
+    assert!(took < GRACE / 2, "the stop took {took:?}, too close to the {GRACE:?} deadline");
+    let sigterm = app_sigterm_uptime(&app).await;
+    assert!(
+        report.last_ok_uptime <= sigterm,
+        "the app got SIGTERM at {sigterm} s, before the last proxied response at {} s",
+        report.last_ok_uptime
+    );
+}
+
+/// A classic sidecar without a preStop hook: the kubelet TERMs both
+/// containers at once, the app dies at once, mid-drain, while the pod is
+/// still in the endpoints. outrider must answer those requests at once
+/// (503) rather than hold them for an app that is gone for good; they are
+/// lost either way, which is what this order costs (docs/kubernetes.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_sidecar_order_answers_at_once_when_the_app_is_gone() {
+    let Some(images) = setup() else { return };
+    let _serial = SERIAL.lock().await;
+    const BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
+    let pod = Pod::create("classic").await;
+    let app = app(&pod, images).await;
+    let outrider = sidecar(&pod, images, &[("OUTRIDER_BUFFER_TIMEOUT", "30s")]).await;
+    let ip = pod.ip().await;
+    until_ready(ip).await;
+    let load = Load::start(SocketAddr::new(ip, 8080), &PATHS, WORKERS);
+    load.until_ok(20).await;
+
+    let endpoints = load.stopper();
+    let removal = tokio::spawn(async move {
+        tokio::time::sleep(ENDPOINT_LAG).await;
+        endpoints.stop();
+    });
+    let ((app_code, _), (outrider_code, outrider_took)) = tokio::join!(podman::stop(&app, GRACE), podman::stop(&outrider, GRACE));
+    removal.await.expect("endpoint removal");
+    let report = load.finish().await;
+
+    eprintln!("classic sidecar, both TERMed at once, no preStop: {}; outrider stopped in {outrider_took:.1?}", describe(&report));
+    assert_eq!(app_code, 0);
+    assert_eq!(outrider_code, 0, "{}", podman::logs(&outrider).await);
+    // The premise: the app vanished while traffic still came.
+    assert!(!report.failures.is_empty(), "no request arrived after the app was gone");
+    let slowest = report.failures.iter().map(|f| f.took).max().unwrap_or_default();
+    assert!(
+        slowest < BUFFER_TIMEOUT / 3,
+        "a request was held {slowest:?} for an app that was gone (buffer timeout {BUFFER_TIMEOUT:?}): {:?}",
+        report.failures
+    );
+    // Each was answered with a status (502 for requests the app took down
+    // with it, 503 for those that found it gone), not left hanging.
+    assert!(report.failures.iter().all(|f| matches!(f.status, Some(502 | 503))), "{:?}", report.failures);
+    assert!(outrider_took < GRACE / 2, "outrider took {outrider_took:?} to stop");
+}
+
+// ===== 3. wrap mode =====
+
+/// outrider as PID 1 of the app's own container: it reaps orphans, drains
+/// and stops the app on `podman stop`, and exits with the app's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrap_mode_as_pid_1() {
+    let Some(images) = setup() else { return };
+    let _serial = SERIAL.lock().await;
+    let container =
+        Container::run("wrap", &images.wrap, &[("APP_ORPHANS", "5"), ("APP_ON_TERM", "7"), ("OUTRIDER_DRAIN_DELAY", "1s")]).await;
+    let ip = container.ip().await;
+    until_ready(ip).await;
+    let (status, _, body) = get(&format!("http://{ip}:8080/")).await.expect("request through wrap mode");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("legacy app"));
+
+    let pid1 = podman::podman(&["exec", &container.name, "cat", "/proc/1/comm"]).await;
+    assert_eq!(pid1, "outrider");
+    // The app left five `sleep 1` orphans to PID 1: once they end, none may
+    // be left as a zombie.
+    eventually("the orphaned grandchildren to be reaped", || async {
+        let stats = podman::podman(&["exec", &container.name, "sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null"]).await;
+        // pid (comm) state ...
+        let left: Vec<&str> = stats.lines().filter(|l| l.contains("(sleep)") || l.contains(") Z ")).collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+
+    let (code, took) = podman::stop(&container.name, GRACE).await;
+    assert_eq!(code, 7, "not the app's exit code:\n{}", podman::logs(&container.name).await);
+    assert!(took < GRACE / 2, "podman stop took {took:?}");
+    let logs = podman::logs(&container.name).await;
+    assert!(logs.contains("app: SIGTERM"), "the app never got SIGTERM:\n{logs}");
+}
+
+/// An app that ignores SIGTERM is killed after OUTRIDER_APP_STOP_TIMEOUT,
+/// long before the runtime's own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrap_mode_kills_an_app_that_ignores_sigterm() {
+    let Some(images) = setup() else { return };
+    let _serial = SERIAL.lock().await;
+    let container = Container::run(
+        "wrap-stubborn",
+        &images.wrap,
+        &[("APP_ON_TERM", "ignore"), ("OUTRIDER_DRAIN_DELAY", "1s"), ("OUTRIDER_APP_STOP_TIMEOUT", "2s")],
+    )
+    .await;
+    until_ready(container.ip().await).await;
+    let (code, took) = podman::stop(&container.name, GRACE).await;
+    let logs = podman::logs(&container.name).await;
+    assert_eq!(code, 128 + 9, "expected the app's SIGKILL as the exit code:\n{logs}");
+    assert!(logs.contains("app: SIGTERM"), "{logs}");
+    assert!(logs.contains("sending SIGKILL"), "{logs}");
+    assert!(took < GRACE / 2, "podman stop took {took:?}: the runtime's deadline did the killing");
+}
+
+// ===== 4. a rolling restart =====
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fronted {
+    /// The app alone, listening on the pod's port 8080.
+    Bare,
+    /// The app behind outrider as a native sidecar.
+    Outrider,
+}
+
+/// A replica: a pod and how the kubelet stops it.
+struct Replica {
+    pod: Pod,
+    app: String,
+    outrider: Option<String>,
+    ip: IpAddr,
+}
+
+impl Replica {
+    async fn start(images: &Images, fronted: Fronted) -> Self {
+        let pod = Pod::create("replica").await;
+        let (app, outrider) = match fronted {
+            Fronted::Bare => (pod.run("app", &images.app, &[("APP_LISTEN", "0.0.0.0:8080")]).await, None),
+            Fronted::Outrider => (app(&pod, images).await, Some(sidecar(&pod, images, &[]).await)),
+        };
+        let ip = pod.ip().await;
+        Self { pod, app, outrider, ip }
+    }
+
+    /// The kubelet's stop: preStop, then the app, then the sidecar.
+    async fn stop(self) {
+        let started = Instant::now();
+        if self.outrider.is_some() {
+            assert_eq!(pre_stop_drain(self.ip, Some(TOKEN)).await, 200);
+        }
+        let (code, _) = podman::stop(&self.app, GRACE.saturating_sub(started.elapsed())).await;
+        assert_eq!(code, 0);
+        if let Some(outrider) = &self.outrider {
+            let (code, _) = podman::stop(outrider, GRACE.saturating_sub(started.elapsed())).await;
+            assert_eq!(code, 0);
+        }
+        drop(self.pod);
+    }
+}
+
+/// Two replicas behind the load balancer, each replaced once, one at a
+/// time (maxSurge 1, maxUnavailable 0), under a steady load.
+async fn rolling_restart(images: &Images, fronted: Fronted) -> Report {
+    let lb = match fronted {
+        Fronted::Bare => Haproxy::start(8080, "/").await,
+        Fronted::Outrider => Haproxy::start(9901, "/readyz").await,
+    };
+    let mut slots = Vec::new();
+    for slot in 1..=2 {
+        let replica = Replica::start(images, fronted).await;
+        lb.add(slot, replica.ip).await;
+        lb.until_up(slot).await;
+        slots.push((slot, replica));
+    }
+    let load = Load::start(lb.addr, &PATHS, WORKERS);
+    load.until_ok(20).await;
+    let mut free = 3;
+    for _ in 0..2 {
+        let (old_slot, old) = slots.remove(0);
+        let new = Replica::start(images, fronted).await;
+        lb.add(free, new.ip).await;
+        lb.until_up(free).await;
+        slots.push((free, new));
+        old.stop().await;
+        // The endpoints controller forgets the deleted pod.
+        lb.remove(old_slot).await;
+        free = old_slot;
+        // Some traffic on the new set before the next step.
+        let ok = load.ok();
+        load.until_ok(ok + 10).await;
+    }
+    load.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_loses_requests_only_without_outrider() {
+    let Some(images) = setup() else { return };
+    if !Haproxy::available() {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but haproxy is missing (apt-get install haproxy)");
+        eprintln!("SKIPPED: no haproxy, so the rolling restart did not run (apt-get install haproxy)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let bare = rolling_restart(images, Fronted::Bare).await;
+    let bare_took = started.elapsed();
+    let behind = rolling_restart(images, Fronted::Outrider).await;
+    eprintln!("rolling restart, bare app: {} ({bare_took:.1?})", describe(&bare));
+    eprintln!("rolling restart, behind outrider: {} ({:.1?})", describe(&behind), started.elapsed() - bare_took);
+    // The premise: the same rollout does lose requests without outrider.
+    assert!(!bare.failures.is_empty(), "the bare app lost nothing: the test shows nothing");
+    assert!(behind.failures.is_empty(), "behind outrider: {}: {:?}", describe(&behind), behind.failures);
+}

@@ -1,0 +1,269 @@
+//! The podman CLI as the container tests drive it: images built from this
+//! checkout, and pods and containers named per test run, removed on drop.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Settings for hosts without systemd (see the file), unless the caller
+/// has its own, exactly as deploy/image.sh does.
+fn conf() -> Option<PathBuf> {
+    std::env::var_os("CONTAINERS_CONF").is_none().then(|| Path::new(ROOT).join("deploy/podman/containers.conf"))
+}
+
+fn std_command(args: &[&str]) -> Command {
+    let mut command = Command::new("podman");
+    command.args(args);
+    if let Some(conf) = conf() {
+        command.env("CONTAINERS_CONF", conf);
+    }
+    command
+}
+
+fn check(args: &[&str], out: Output) -> String {
+    assert!(out.status.success(), "podman {} failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs podman to completion without blocking the runtime; panics with its
+/// stderr if it fails. Returns stdout, trimmed.
+pub async fn podman(args: &[&str]) -> String {
+    check(args, podman_output(args).await)
+}
+
+/// Runs podman to completion; the caller judges the outcome.
+pub async fn podman_output(args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::from(std_command(args));
+    command.output().await.unwrap_or_else(|e| panic!("cannot run podman: {e}"))
+}
+
+/// Whether podman is installed and can talk to its storage.
+pub fn available() -> bool {
+    std_command(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// A static busybox (Debian's busybox-static) for the stand-in app image.
+fn static_busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(PathBuf::from).find(|p| {
+        // A static executable has no program interpreter.
+        Command::new("readelf")
+            .arg("-l")
+            .arg(p)
+            .output()
+            .is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("program interpreter"))
+    })
+}
+
+/// The images every test uses, built once per test run from this checkout.
+pub struct Images {
+    /// outrider's own image, as deploy/image.sh builds it for users.
+    pub outrider: String,
+    /// The stand-in legacy app: busybox httpd and a slow CGI.
+    pub app: String,
+    /// The app's image with outrider as its entrypoint (wrap mode).
+    pub wrap: String,
+    /// How long building them took.
+    pub built_in: Duration,
+}
+
+pub fn images() -> &'static Images {
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    IMAGES.get_or_init(build_images)
+}
+
+fn build_images() -> Images {
+    let started = Instant::now();
+    // The release build deploy/image.sh runs goes to its own target
+    // directory (target/x86_64-unknown-linux-gnu), so it does not wait for
+    // the lock of the test build that runs us.
+    let mut image_sh = Command::new("bash");
+    image_sh.arg(Path::new(ROOT).join("deploy/image.sh")).env("IMAGE", "localhost/outrider:test");
+    if let Some(conf) = conf() {
+        image_sh.env("CONTAINERS_CONF", conf);
+    }
+    eprintln!("building the image with deploy/image.sh (a release build the first time)");
+    let out = image_sh.output().expect("cannot run deploy/image.sh");
+    assert!(out.status.success(), "deploy/image.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let outrider = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default());
+
+    let busybox = static_busybox().expect("no static busybox: apt-get install busybox-static");
+    let context = TempDir::new("app-image");
+    copy_dir(&Path::new(ROOT).join("tests/containers/app"), context.path());
+    std::fs::copy(busybox, context.path().join("busybox")).expect("copy busybox");
+    let app = "localhost/outrider-test-app:test".to_owned();
+    let dir = context.path().to_str().expect("utf-8 temp dir");
+    let args = ["build", "--quiet", "-t", &app, dir];
+    check(&args, std_command(&args).output().expect("podman build"));
+
+    // Wrap mode exactly as the Dockerfile tells users to do it.
+    let wrap = "localhost/outrider-test-wrap:test".to_owned();
+    let containerfile = format!(
+        "FROM {app}\nCOPY --from={outrider} /outrider /usr/local/bin/outrider\nENTRYPOINT [\"/usr/local/bin/outrider\", \"--\", \"/app.sh\"]\n"
+    );
+    let wrap_dir = TempDir::new("wrap-image");
+    std::fs::write(wrap_dir.path().join("Containerfile"), containerfile).expect("write Containerfile");
+    let dir = wrap_dir.path().to_str().expect("utf-8 temp dir");
+    let args = ["build", "--quiet", "-t", &wrap, dir];
+    check(&args, std_command(&args).output().expect("podman build"));
+    Images { outrider, app, wrap, built_in: started.elapsed() }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture dir") {
+        let entry = entry.expect("fixture entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            // std::fs::copy keeps the permissions (the scripts' +x).
+            std::fs::copy(entry.path(), target).expect("copy fixture");
+        }
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("outrider-{what}-{}", unique()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A name no other test or test run uses.
+pub fn unique() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Every container runs as Kubernetes' restricted profile asks (the image
+/// sets the non-root user), and logs to a file `podman logs` reads back
+/// (there is no journald on our machines).
+const RUN_FLAGS: [&str; 4] = ["--read-only", "--cap-drop=all", "--security-opt=no-new-privileges", "--log-driver=k8s-file"];
+
+/// A pod: containers sharing one network namespace, each with its own PID 1.
+pub struct Pod {
+    pub name: String,
+}
+
+impl Pod {
+    pub async fn create(what: &str) -> Self {
+        let name = format!("outrider-test-{what}-{}", unique());
+        podman(&["pod", "create", "--name", &name]).await;
+        Self { name }
+    }
+
+    /// Starts a container in the pod; returns its name.
+    pub async fn run(&self, what: &str, image: &str, env: &[(&str, &str)]) -> String {
+        let name = format!("{}-{what}", self.name);
+        let pod = format!("--pod={}", self.name);
+        run_container(&name, image, env, &[&pod]).await;
+        name
+    }
+
+    /// The pod's IP on the podman bridge: what the host reaches it at.
+    pub async fn ip(&self) -> IpAddr {
+        let infra = podman(&["pod", "inspect", &self.name, "--format", "{{.InfraContainerID}}"]).await;
+        container_ip(&infra).await
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = std_command(&["pod", "rm", "-f", "-t", "0", &self.name]).output();
+    }
+}
+
+/// A container of its own (wrap mode), removed on drop.
+pub struct Container {
+    pub name: String,
+}
+
+impl Container {
+    pub async fn run(what: &str, image: &str, env: &[(&str, &str)]) -> Self {
+        let name = format!("outrider-test-{what}-{}", unique());
+        run_container(&name, image, env, &[]).await;
+        Self { name }
+    }
+
+    pub async fn ip(&self) -> IpAddr {
+        container_ip(&self.name).await
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std_command(&["rm", "-f", "-t", "0", &self.name]).output();
+    }
+}
+
+async fn run_container(name: &str, image: &str, env: &[(&str, &str)], extra: &[&str]) {
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("--env={k}={v}")).collect();
+    let mut args = vec!["run", "--detach", "--name", name];
+    args.extend(RUN_FLAGS);
+    args.extend(extra);
+    args.extend(env.iter().map(String::as_str));
+    args.push(image);
+    podman(&args).await;
+}
+
+async fn container_ip(name: &str) -> IpAddr {
+    let ip = podman(&["inspect", name, "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"]).await;
+    ip.parse().unwrap_or_else(|_| panic!("{name} has no IP address: {ip:?}"))
+}
+
+/// The host's own address on the podman bridge: where a container reaches
+/// a server of the test's (the OTLP receiver) without a published port.
+pub async fn bridge_gateway() -> IpAddr {
+    let gw = podman(&["network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}"]).await;
+    gw.parse().unwrap_or_else(|_| panic!("podman network has no gateway: {gw:?}"))
+}
+
+/// `podman stop -t grace`: SIGTERM, then SIGKILL at the deadline, as the
+/// kubelet does. Returns the exit code and how long the stop took.
+pub async fn stop(name: &str, grace: Duration) -> (i32, Duration) {
+    let started = Instant::now();
+    podman(&["stop", "-t", &grace.as_secs().to_string(), name]).await;
+    let took = started.elapsed();
+    (exit_code(name).await, took)
+}
+
+pub async fn exit_code(name: &str) -> i32 {
+    let code = podman(&["inspect", name, "--format", "{{.State.ExitCode}}"]).await;
+    code.parse().unwrap_or_else(|_| panic!("exit code of {name}: {code:?}"))
+}
+
+pub async fn logs(name: &str) -> String {
+    let out = podman_output(&["logs", name]).await;
+    // podman logs replays the container's stdout and stderr on its own.
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The host PID of a running container's PID 1.
+pub async fn host_pid(name: &str) -> u32 {
+    let pid = podman(&["inspect", name, "--format", "{{.State.Pid}}"]).await;
+    pid.parse().unwrap_or_else(|_| panic!("pid of {name}: {pid:?}"))
+}
