@@ -41,8 +41,14 @@ printf '%s\n' 'FROM scratch' 'COPY outrider /outrider' \
 staging=localhost/outrider-binary:staging
 "${ENGINE[@]}" build --quiet -t "$staging" -f "$ctx/Containerfile" "$ctx" >/dev/null
 
+before=$("${ENGINE[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 "${ENGINE[@]}" build --quiet --build-arg BINARY_FROM="$staging" -t "$IMAGE" -f Dockerfile . >/dev/null
 "${ENGINE[@]}" rmi "$staging" >/dev/null 2>&1 || true
+# The image this tag named before, unless a container still uses it:
+# rebuilds do not pile up untagged images.
+if [[ -n $before && $before != $("${ENGINE[@]}" image inspect --format '{{.Id}}' "$IMAGE") ]]; then
+    "${ENGINE[@]}" rmi "$before" >/dev/null 2>&1 || true
+fi
 
 size=$("${ENGINE[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 echo "image.sh: built $IMAGE ($(( size / 1000 )) kB): $("${ENGINE[@]}" run --rm "$IMAGE" --version)" >&2

@@ -46,6 +46,12 @@ pub async fn podman_output(args: &[&str]) -> Output {
     command.output().await.unwrap_or_else(|e| panic!("cannot run podman: {e}"))
 }
 
+/// As [`podman`], in directory `dir`.
+pub async fn podman_in(dir: &Path, args: &[&str]) -> String {
+    let mut command = tokio::process::Command::from(std_command(args));
+    check(args, command.current_dir(dir).output().await.unwrap_or_else(|e| panic!("cannot run podman: {e}")))
+}
+
 /// Whether podman is installed and can talk to its storage.
 pub fn available() -> bool {
     std_command(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]).output().is_ok_and(|o| o.status.success())
@@ -71,8 +77,8 @@ pub struct Images {
     pub app: String,
     /// The app's image with outrider as its entrypoint (wrap mode).
     pub wrap: String,
-    /// How long building them took.
-    pub built_in: Duration,
+    /// The app's image with a `python -m http.server` stand-in.
+    pub python: String,
 }
 
 pub fn images() -> &'static Images {
@@ -100,22 +106,39 @@ fn build_images() -> Images {
     let context = TempDir::new("app-image");
     copy_dir(&Path::new(ROOT).join("tests/containers/app"), context.path());
     std::fs::copy(busybox, context.path().join("busybox")).expect("copy busybox");
-    let app = "localhost/outrider-test-app:test".to_owned();
-    let dir = context.path().to_str().expect("utf-8 temp dir");
-    let args = ["build", "--quiet", "-t", &app, dir];
-    check(&args, std_command(&args).output().expect("podman build"));
+    let app = build("localhost/outrider-test-app:test", &context);
 
     // Wrap mode exactly as the Dockerfile tells users to do it.
-    let wrap = "localhost/outrider-test-wrap:test".to_owned();
+    let wrap_context = TempDir::new("wrap-image");
     let containerfile = format!(
         "FROM {app}\nCOPY --from={outrider} /outrider /usr/local/bin/outrider\nENTRYPOINT [\"/usr/local/bin/outrider\", \"--\", \"/app.sh\"]\n"
     );
-    let wrap_dir = TempDir::new("wrap-image");
-    std::fs::write(wrap_dir.path().join("Containerfile"), containerfile).expect("write Containerfile");
-    let dir = wrap_dir.path().to_str().expect("utf-8 temp dir");
-    let args = ["build", "--quiet", "-t", &wrap, dir];
+    std::fs::write(wrap_context.path().join("Containerfile"), containerfile).expect("write Containerfile");
+    let wrap = build("localhost/outrider-test-wrap:test", &wrap_context);
+
+    // The app of the Kubernetes manifests runs `python -m http.server`.
+    let python_context = TempDir::new("python-image");
+    copy_dir(&Path::new(ROOT).join("tests/containers/python-standin"), python_context.path());
+    std::fs::write(python_context.path().join("Containerfile"), format!("FROM {app}\nCOPY python /usr/local/bin/python\n"))
+        .expect("write Containerfile");
+    let python = build("localhost/outrider-test-python:test", &python_context);
+    eprintln!("images built in {:.1?}", started.elapsed());
+    Images { outrider, app, wrap, python }
+}
+
+/// `podman build` of a context directory holding a Containerfile.
+/// The image the tag named before is removed (if no container uses it),
+/// so that test runs do not pile up untagged images.
+fn build(tag: &str, context: &TempDir) -> String {
+    let id = |tag: &str| std_command(&["image", "inspect", "--format", "{{.Id}}", tag]).output().ok().filter(|o| o.status.success());
+    let before = id(tag);
+    let dir = context.path().to_str().expect("utf-8 temp dir");
+    let args = ["build", "--quiet", "-t", tag, dir];
     check(&args, std_command(&args).output().expect("podman build"));
-    Images { outrider, app, wrap, built_in: started.elapsed() }
+    if let Some(before) = before.filter(|b| id(tag).is_none_or(|now| now.stdout != b.stdout)) {
+        let _ = std_command(&["rmi", String::from_utf8_lossy(&before.stdout).trim()]).output();
+    }
+    tag.to_owned()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -193,8 +216,17 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let _ = std_command(&["pod", "rm", "-f", "-t", "0", &self.name]).output();
+        remove_pod(&self.name);
     }
+}
+
+/// Removes a pod and its containers, now (for clean-up on drop).
+pub fn remove_pod(name: &str) {
+    let _ = std_command(&["pod", "rm", "-f", "-t", "0", name]).output();
+}
+
+pub fn remove_secret(name: &str) {
+    let _ = std_command(&["secret", "rm", name]).output();
 }
 
 /// A container of its own (wrap mode), removed on drop.
