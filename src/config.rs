@@ -188,7 +188,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("OUTRIDER_APP_HEALTH_FAILURES", "Consecutive failures before the app is declared unhealthy."),
     ("OUTRIDER_APP_HEALTH_SUCCESSES", "Consecutive successes before the app is declared healthy again."),
     ("OUTRIDER_BUFFER_MAX", "Requests held at once while the app refuses connections; `0` disables holding."),
-    ("OUTRIDER_BUFFER_TIMEOUT", "How long a request is held waiting for the app; `0` disables holding."),
+    ("OUTRIDER_BUFFER_TIMEOUT", "How long a request is held waiting for the app; `0` disables holding. Nothing is held during the drain."),
     ("OUTRIDER_ADMIN_TOKEN", "Bearer token that lets a non-loopback caller use `/drain`."),
     ("OUTRIDER_APP_PROCESS", "Pod mode: name of the app process to stop after the drain (needs `shareProcessNamespace`)."),
     ("OUTRIDER_APP_PIDFILE", "Pod mode: file holding the app's PID, the alternative to `OUTRIDER_APP_PROCESS`."),

@@ -368,6 +368,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
             _ => "sidecar",
         },
         version = env!("CARGO_PKG_VERSION"),
+        commit = env!("OUTRIDER_COMMIT"),
         traces = %traces_to,
         "outrider started"
     );

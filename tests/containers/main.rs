@@ -92,7 +92,7 @@ async fn pre_stop_drain(ip: IpAddr, token: Option<&str>) -> u16 {
     status
 }
 
-/// When the app got SIGTERM, by its own log (see tests/containers/app/app.sh).
+/// When the app got SIGTERM, by its own log (see deploy/demo-app/app.sh).
 async fn app_sigterm_uptime(container: &str) -> f64 {
     let logs = podman::logs(container).await;
     logs.lines()

@@ -57,18 +57,6 @@ pub fn available() -> bool {
     std_command(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]).output().is_ok_and(|o| o.status.success())
 }
 
-/// A static busybox (Debian's busybox-static) for the stand-in app image.
-fn static_busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(PathBuf::from).find(|p| {
-        // A static executable has no program interpreter.
-        Command::new("readelf")
-            .arg("-l")
-            .arg(p)
-            .output()
-            .is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("program interpreter"))
-    })
-}
-
 /// The images every test uses, built once per test run from this checkout.
 pub struct Images {
     /// outrider's own image, as deploy/image.sh builds it for users.
@@ -88,48 +76,55 @@ pub fn images() -> &'static Images {
 
 fn build_images() -> Images {
     let started = Instant::now();
+    eprintln!("building the images with deploy/image.sh and deploy/demo-app/build.sh (a release build the first time)");
     // The release build deploy/image.sh runs goes to its own target
-    // directory (target/x86_64-unknown-linux-gnu), so it does not wait for
+    // directory (target/<arch>-unknown-linux-gnu), so it does not wait for
     // the lock of the test build that runs us.
-    let mut image_sh = Command::new("bash");
-    image_sh.arg(Path::new(ROOT).join("deploy/image.sh")).env("IMAGE", "localhost/outrider:test");
-    if let Some(conf) = conf() {
-        image_sh.env("CONTAINERS_CONF", conf);
-    }
-    eprintln!("building the image with deploy/image.sh (a release build the first time)");
-    let out = image_sh.output().expect("cannot run deploy/image.sh");
-    assert!(out.status.success(), "deploy/image.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let outrider = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default());
-
-    let busybox = static_busybox().expect("no static busybox: apt-get install busybox-static");
-    let context = TempDir::new("app-image");
-    copy_dir(&Path::new(ROOT).join("tests/containers/app"), context.path());
-    std::fs::copy(busybox, context.path().join("busybox")).expect("copy busybox");
-    let app = build("localhost/outrider-test-app:test", &context);
+    let outrider = script("deploy/image.sh", ("IMAGE", "localhost/outrider:test"));
+    let app = script("deploy/demo-app/build.sh", ("APP_IMAGE", "localhost/outrider-test-app:test"));
 
     // Wrap mode exactly as the Dockerfile tells users to do it.
-    let wrap_context = TempDir::new("wrap-image");
-    let containerfile = format!(
-        "FROM {app}\nCOPY --from={outrider} /outrider /usr/local/bin/outrider\nENTRYPOINT [\"/usr/local/bin/outrider\", \"--\", \"/app.sh\"]\n"
+    let wrap = build(
+        "localhost/outrider-test-wrap:test",
+        &format!("FROM {app}\nCOPY --from={outrider} /outrider /usr/local/bin/outrider\nENTRYPOINT [\"/usr/local/bin/outrider\", \"--\", \"/app.sh\"]\n"),
+        &[],
     );
-    std::fs::write(wrap_context.path().join("Containerfile"), containerfile).expect("write Containerfile");
-    let wrap = build("localhost/outrider-test-wrap:test", &wrap_context);
-
     // The app of the Kubernetes manifests runs `python -m http.server`.
-    let python_context = TempDir::new("python-image");
-    copy_dir(&Path::new(ROOT).join("tests/containers/python-standin"), python_context.path());
-    std::fs::write(python_context.path().join("Containerfile"), format!("FROM {app}\nCOPY python /usr/local/bin/python\n"))
-        .expect("write Containerfile");
-    let python = build("localhost/outrider-test-python:test", &python_context);
+    let python = build(
+        "localhost/outrider-test-python:test",
+        &format!("FROM {app}\nCOPY python /usr/local/bin/python\n"),
+        &[Path::new(ROOT).join("tests/containers/python-standin/python")],
+    );
     eprintln!("images built in {:.1?}", started.elapsed());
     Images { outrider, app, wrap, python }
 }
 
-/// `podman build` of a context directory holding a Containerfile.
-/// The image the tag named before is removed (if no container uses it),
-/// so that test runs do not pile up untagged images.
-fn build(tag: &str, context: &TempDir) -> String {
+/// Runs one of the repository's image scripts; returns the image it names
+/// on its last line.
+fn script(path: &str, (var, image): (&str, &str)) -> String {
+    let mut command = Command::new("bash");
+    command.arg(Path::new(ROOT).join(path)).env(var, image);
+    if let Some(conf) = conf() {
+        command.env("CONTAINERS_CONF", conf);
+    }
+    let out = command.output().unwrap_or_else(|e| panic!("cannot run {path}: {e}"));
+    assert!(out.status.success(), "{path} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    if let Some(line) = String::from_utf8_lossy(&out.stderr).lines().last() {
+        eprintln!("{line}");
+    }
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned()
+}
+
+/// `podman build` of `containerfile` with `files` beside it. The image the
+/// tag named before is removed (if no container uses it), so that test runs
+/// do not pile up untagged images.
+fn build(tag: &str, containerfile: &str, files: &[PathBuf]) -> String {
+    let context = TempDir::new("image");
+    std::fs::write(context.path().join("Containerfile"), containerfile).expect("write Containerfile");
+    for file in files {
+        // std::fs::copy keeps the permissions (the scripts' +x).
+        std::fs::copy(file, context.path().join(file.file_name().expect("a file name"))).expect("copy into the build context");
+    }
     let id = |tag: &str| std_command(&["image", "inspect", "--format", "{{.Id}}", tag]).output().ok().filter(|o| o.status.success());
     let before = id(tag);
     let dir = context.path().to_str().expect("utf-8 temp dir");
@@ -139,20 +134,6 @@ fn build(tag: &str, context: &TempDir) -> String {
         let _ = std_command(&["rmi", String::from_utf8_lossy(&before.stdout).trim()]).output();
     }
     tag.to_owned()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture dir") {
-        let entry = entry.expect("fixture entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            // std::fs::copy keeps the permissions (the scripts' +x).
-            std::fs::copy(entry.path(), target).expect("copy fixture");
-        }
-    }
 }
 
 /// A directory removed on drop.
