@@ -114,10 +114,10 @@ fn wait_ready(args: impl Iterator<Item = String>) -> ExitCode {
 }
 
 /// jemalloc rather than the C library's allocator, measured in
-/// docs/performance.md ("The allocator"). The release image links musl,
-/// whose allocator maps and unmaps memory as connections come and go: a
-/// fifth fewer requests per second and 30 % more kernel time per request.
-/// glibc's keeps the memory of a burst of connections for good (55 MiB
+/// docs/performance.md ("The allocator"). musl's allocator (the image's
+/// libc until it moved to static glibc) maps and unmaps memory as
+/// connections come and go: a fifth fewer requests per second and 30 % more
+/// kernel time per request. glibc's keeps the memory of a burst of connections for good (55 MiB
 /// after 10 000 closed where 9 MiB is in use); jemalloc's background
 /// thread returns it within seconds.
 #[global_allocator]

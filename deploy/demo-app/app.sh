@@ -6,7 +6,7 @@
 #     host's clock too, so the test can order it against its own events);
 #   * APP_ON_TERM: exit0 (default: stop httpd, exit 0), ignore (keep
 #     serving; only SIGKILL ends it), or a number to exit with;
-#   * APP_ORPHANS=N: leaves N short-lived grandchildren re-parented to PID 1
+#   * APP_ORPHANS=N: leaves N grandchildren (3 s each) re-parented to PID 1
 #     (who must reap them) when the app starts.
 # APP_LISTEN (default 127.0.0.1:8081) is where httpd listens.
 set -u
@@ -33,7 +33,7 @@ trap on_term TERM
 n=${APP_ORPHANS:-0}
 while [ "$n" -gt 0 ]; do
     # The subshell exits at once; its sleep is orphaned.
-    (sleep 1 &)
+    (sleep 3 &)
     n=$((n - 1))
 done
 

@@ -37,7 +37,11 @@ const ENDPOINT_LAG: Duration = Duration::from_secs(1);
 /// outrider's drain delay in these tests: longer than the lag, shorter than
 /// the 5 s default to keep the tests quick.
 const DRAIN_DELAY: &str = "3s";
-const TOKEN: &str = "test-admin-token-3b5d";
+/// The admin token the "kubelet" sends: fresh each run, never a literal.
+static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), std::process::id());
+    format!("{random:016x}{:016x}", random.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15)
+});
 /// The load: fast static files and a CGI that takes 200 ms, so that some
 /// requests are always in flight.
 const PATHS: [&str; 2] = ["/", "/cgi-bin/slow?0.2"];
@@ -72,7 +76,7 @@ async fn sidecar(pod: &Pod, images: &Images, env: &[(&str, &str)]) -> String {
         ("OUTRIDER_UPSTREAM", "http://127.0.0.1:8081"),
         ("OUTRIDER_APP_HEALTH", "/"),
         ("OUTRIDER_DRAIN_DELAY", DRAIN_DELAY),
-        ("OUTRIDER_ADMIN_TOKEN", TOKEN),
+        ("OUTRIDER_ADMIN_TOKEN", TOKEN.as_str()),
     ];
     all.extend_from_slice(env);
     pod.run("outrider", &images.outrider, &all).await
@@ -244,8 +248,7 @@ async fn kube_play_starts_the_classic_sidecar_manifest() {
     std::fs::write(&manifest, &out.stdout).expect("write manifest");
     // podman reads a secretKeyRef from a podman secret holding a JSON map
     // of base64 values. A fresh token, never a literal.
-    let token = format!("{:032x}", std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &name));
-    let encoded = base64(token.as_bytes());
+    let encoded = base64(TOKEN.as_bytes());
     let secret_file = dir.path().join("secret.json");
     std::fs::write(&secret_file, format!(r#"{{"token":"{encoded}"}}"#)).expect("write secret");
     podman::podman(&["secret", "create", &secret, secret_file.to_str().expect("utf-8 path")]).await;
@@ -266,6 +269,7 @@ async fn kube_play_starts_the_classic_sidecar_manifest() {
     assert!(String::from_utf8_lossy(&body).contains("legacy app"));
     // The Secret reached outrider: a remote /drain needs exactly its token.
     assert_eq!(pre_stop_drain(ip, Some("not-the-token-at-all")).await, 403);
+    assert_eq!(pre_stop_drain(ip, Some(&TOKEN)).await, 200);
     for container in ["app", "outrider"] {
         assert_restricted(&format!("{pod}-{container}")).await;
     }
@@ -337,7 +341,7 @@ async fn native_sidecar_stop_sequence_loses_nothing() {
         tokio::time::sleep(ENDPOINT_LAG).await;
         endpoints.stop();
     });
-    assert_eq!(pre_stop_drain(ip, Some(TOKEN)).await, 200, "preStop /drain");
+    assert_eq!(pre_stop_drain(ip, Some(&TOKEN)).await, 200, "preStop /drain");
     let (app_code, _) = podman::stop(&app, GRACE.saturating_sub(started.elapsed())).await;
     let (outrider_code, _) = podman::stop(&outrider, GRACE.saturating_sub(started.elapsed())).await;
     let took = started.elapsed();
@@ -420,12 +424,18 @@ async fn wrap_mode_as_pid_1() {
 
     let pid1 = podman::podman(&["exec", &container.name, "cat", "/proc/1/comm"]).await;
     assert_eq!(pid1, "outrider");
-    // The app left five `sleep 1` orphans to PID 1: once they end, none may
-    // be left as a zombie.
-    eventually("the orphaned grandchildren to be reaped", || async {
+    // The app left five `sleep 3` orphans: PID 1 adopts them, and once
+    // they end, none may be left as a zombie.
+    let processes = || async {
         let stats = podman::podman(&["exec", &container.name, "sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null"]).await;
-        // pid (comm) state ...
-        let left: Vec<&str> = stats.lines().filter(|l| l.contains("(sleep)") || l.contains(") Z ")).collect();
+        stats.lines().filter_map(Process::parse).collect::<Vec<_>>()
+    };
+    eventually("the app's orphans, adopted by PID 1", || async {
+        processes().await.iter().any(|p| p.comm == "sleep" && p.ppid == 1).then_some(())
+    })
+    .await;
+    eventually("the orphans to be reaped", || async {
+        let left: Vec<Process> = processes().await.into_iter().filter(|p| p.comm == "sleep" || p.state == 'Z').collect();
         left.is_empty().then_some(())
     })
     .await;
@@ -435,6 +445,26 @@ async fn wrap_mode_as_pid_1() {
     assert!(took < GRACE / 2, "podman stop took {took:?}");
     let logs = podman::logs(&container.name).await;
     assert!(logs.contains("app: SIGTERM"), "the app never got SIGTERM:\n{logs}");
+}
+
+/// One line of `/proc/PID/stat`.
+#[derive(Debug)]
+struct Process {
+    comm: String,
+    state: char,
+    ppid: u32,
+}
+
+impl Process {
+    /// `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    fn parse(line: &str) -> Option<Self> {
+        let (head, tail) = line.rsplit_once(") ")?;
+        let comm = head.split_once(" (")?.1.to_owned();
+        let mut fields = tail.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        Some(Self { comm, state, ppid })
+    }
 }
 
 /// An app that ignores SIGTERM is killed after OUTRIDER_APP_STOP_TIMEOUT,
@@ -491,7 +521,7 @@ impl Replica {
     async fn stop(self) {
         let started = Instant::now();
         if self.outrider.is_some() {
-            assert_eq!(pre_stop_drain(self.ip, Some(TOKEN)).await, 200);
+            assert_eq!(pre_stop_drain(self.ip, Some(&TOKEN)).await, 200);
         }
         let (code, _) = podman::stop(&self.app, GRACE.saturating_sub(started.elapsed())).await;
         assert_eq!(code, 0);

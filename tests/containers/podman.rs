@@ -86,7 +86,9 @@ fn build_images() -> Images {
     // Wrap mode exactly as the Dockerfile tells users to do it.
     let wrap = build(
         "localhost/outrider-test-wrap:test",
-        &format!("FROM {app}\nCOPY --from={outrider} /outrider /usr/local/bin/outrider\nENTRYPOINT [\"/usr/local/bin/outrider\", \"--\", \"/app.sh\"]\n"),
+        &format!(
+            "FROM {app}\nCOPY --from={outrider} /outrider /usr/local/bin/outrider\nENTRYPOINT [\"/usr/local/bin/outrider\", \"--\", \"/app.sh\"]\n"
+        ),
         &[],
     );
     // The app of the Kubernetes manifests runs `python -m http.server`.

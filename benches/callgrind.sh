@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# User-space instructions per request, under callgrind: repeatable whatever
+# else the machine does (this VM has no hardware counters, and CPU time
+# drifts with its load), so the way to compare two builds of outrider.
+#
+#   bash benches/callgrind.sh BIN [BIN ...]
+#
+# For each binary, telemetry off as in run.sh's outrider-off, in front of
+# the bench upstream: one run that only starts, becomes ready and stops,
+# and one with `wrk -t1 -c16 -d10s` in between. Prints
+#   (instructions of the loaded run - instructions of the idle run) / requests.
+# Needs valgrind and wrk; uses run.sh's ports (not at the same time as it).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/lib.sh"
+
+(($# > 0)) || { echo "usage: bash benches/callgrind.sh BIN [BIN ...]" >&2; exit 2; }
+for c in valgrind wrk curl; do
+    command -v "$c" >/dev/null || { echo "callgrind.sh: needs $c" >&2; exit 1; }
+done
+UPSTREAM_BIN="$HERE/upstream/target/release/bench-upstream"
+[[ -x $UPSTREAM_BIN ]] || cargo build --release --locked --manifest-path "$HERE/upstream/Cargo.toml" >&2
+P_UP=18081 P_OFF=18083 P_ADMIN=18093
+
+TMP="$(mktemp -d /tmp/outrider-callgrind.XXXXXX)"
+PIDS=()
+trap 'stop_pids; rm -rf "$TMP"' EXIT
+
+"$UPSTREAM_BIN" "$P_UP" >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!)
+
+# Runs BIN under callgrind; with "load", drives wrk through it. Prints the
+# instruction total, then the request count.
+measure() {
+    local bin=$1 load=$2 out="$TMP/callgrind.out" requests=0
+    env OTEL_SDK_DISABLED=true OUTRIDER_ACCESS_LOG=false OUTRIDER_LOG=warn OUTRIDER_DRAIN_DELAY=0s \
+        OUTRIDER_LISTEN=127.0.0.1:$P_OFF OUTRIDER_ADMIN_LISTEN=127.0.0.1:$P_ADMIN \
+        OUTRIDER_UPSTREAM=http://127.0.0.1:$P_UP \
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" >"$TMP/outrider.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 600); do
+        curl -fs "http://127.0.0.1:$P_ADMIN/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    if [[ $load == load ]]; then
+        wrk -t1 -c16 -d10s "http://127.0.0.1:$P_OFF/" >"$TMP/wrk.txt"
+        requests=$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")
+    fi
+    kill -TERM "$pid"
+    wait "$pid" || true
+    echo "$(awk '/^totals:/ {print $2}' "$out") $requests"
+}
+
+printf '%-60s %14s %10s %16s\n' binary "instructions" requests "per request"
+for bin in "$@"; do
+    read -r idle _ < <(measure "$bin" idle)
+    read -r loaded requests < <(measure "$bin" load)
+    printf '%-60s %14s %10s %16s\n' "$bin" "$loaded" "$requests" "$(( (loaded - idle) / requests ))"
+done
