@@ -102,7 +102,7 @@ echo "wrk: $WRK_VERSION; nginx: $NGINX_VERSION; CLK_TCK=$CLK_TCK" >&2
 if ((BUILD)); then
     log "build (release)"
     if [[ -z "${BENCH_OUTRIDER_BIN:-}" ]]; then
-        (cd "$ROOT" && bash deploy/build-static.sh >/dev/null) || die "cargo build of outrider failed"
+        OUTRIDER=$(cd "$ROOT" && bash deploy/build-static.sh) || die "cargo build of outrider failed"
     fi
     cargo build --release --locked --manifest-path "$HERE/upstream/Cargo.toml" || die "cargo build of the bench upstream failed"
 fi

@@ -22,13 +22,16 @@ case "$(uname -m)" in
     *) echo "build-static.sh: no static target known for $(uname -m)" >&2; exit 1 ;;
 esac
 
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --target "$TARGET" >&2
-bin="target/$TARGET/release/outrider"
+# The path comes from cargo itself, so CARGO_TARGET_DIR and a configured
+# target-dir are honoured.
+bin=$(RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target "$TARGET" --message-format=json-render-diagnostics |
+    sed -n 's/.*"executable":"\([^"]*\/outrider\)".*/\1/p' | tail -n 1)
+[[ -n $bin && -x $bin ]] || { echo "build-static.sh: cargo named no outrider executable" >&2; exit 1; }
 # A static executable has no program interpreter; a dynamic one would fail
 # in a scratch image with a confusing "no such file or directory".
 if readelf -l "$bin" 2>/dev/null | grep -q 'program interpreter'; then
     echo "build-static.sh: $bin is dynamically linked" >&2
     exit 1
 fi
-echo "$PWD/$bin"
+echo "$bin"

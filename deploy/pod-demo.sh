@@ -77,6 +77,11 @@ logs=$!
 
 stop() {
     trap - INT TERM
+    # The follower stops here; what outrider logs from now on is printed
+    # whole at the end, in order.
+    kill "$logs" 2>/dev/null || true
+    local since
+    since=$(date +%s)
     echo
     echo "== preStop: GET /drain with the token (returns when the drain is over)"
     curl -s -H @"$header" "http://$ip:9901/drain"
@@ -84,8 +89,9 @@ stop() {
     podman stop -t 30 "$POD-app" >/dev/null
     echo "== SIGTERM to outrider, after the app exited"
     podman stop -t 30 "$POD-outrider" >/dev/null
+    echo "== outrider's log since the stop began"
+    podman logs --since "$since" "$POD-outrider"
     echo "== exit codes: app $(podman inspect "$POD-app" --format '{{.State.ExitCode}}'), outrider $(podman inspect "$POD-outrider" --format '{{.State.ExitCode}}')"
-    kill "$logs" 2>/dev/null || true
     exit 0
 }
 trap stop INT TERM
