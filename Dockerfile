@@ -6,9 +6,10 @@
 #
 #   bash deploy/image.sh
 #       builds the binary on this machine (deploy/build-static.sh) and the
-#       image with podman or docker; needs no registry at all.
+#       `prebuilt` target around it with podman or docker; needs no registry.
 #   docker build --build-arg OUTRIDER_COMMIT=$(git rev-parse --short=12 HEAD) -t outrider .
-#       builds the binary in the `builder` stage (pulls rust:1-bookworm).
+#       (or podman build) builds the binary in the `builder` stage (pulls
+#       rust:1-bookworm) and the last stage, `runtime`, around it.
 #
 # The binary is static glibc (`-C target-feature=+crt-static`): no
 # interpreter, no shared libraries, so it runs in an empty image and can be
@@ -16,10 +17,11 @@
 # jemalloc. The image holds the binary and the CA roots (for HTTPS to the
 # app) and nothing else: no shell, no package manager, no passwd file.
 
-# Where the binary and CA roots come from: the `builder` stage, or an image
-# deploy/image.sh made from a binary built outside (then `builder` is never
-# built, nor its base pulled: unused stages are skipped by BuildKit and by
-# buildah/podman).
+# deploy/image.sh builds `--target prebuilt --build-arg BINARY_FROM=<image>`;
+# a plain build builds the last stage, from `builder`. No stage names an ARG in
+# FROM for the default path: buildah before the header-ARG fix (Debian 12's
+# podman 4.3.1) skips such a stage's dependency and then tries to pull
+# "builder" from a registry.
 ARG BINARY_FROM=builder
 
 ############################ builder ############################
@@ -49,19 +51,16 @@ RUN touch src/main.rs src/lib.rs \
  && cp "$(bash deploy/build-static.sh)" /outrider \
  && /outrider --version
 
-FROM ${BINARY_FROM} AS binary
+FROM ${BINARY_FROM} AS prebuilt-binary
 
 ############################ runtime ############################
-FROM scratch
+FROM scratch AS runtime-base
 
 LABEL org.opencontainers.image.title="outrider" \
       org.opencontainers.image.description="A lightweight sidecar reverse proxy that gives a legacy HTTP app tracing, metrics, probes and lossless shutdown" \
       org.opencontainers.image.source="https://github.com/outrider-proxy/outrider" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0"
-
-COPY --from=binary /outrider /outrider
-COPY --from=binary /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 
 # Numeric, since there is no /etc/passwd: Kubernetes' runAsNonRoot can
 # verify a numeric user without one. 65532 is distroless' "nonroot".
@@ -74,6 +73,15 @@ EXPOSE 8080 9901
 # Without arguments outrider runs as a pod sidecar in front of an app it did
 # not start (OUTRIDER_UPSTREAM, default http://127.0.0.1:8081).
 ENTRYPOINT ["/outrider"]
+
+FROM runtime-base AS prebuilt
+COPY --from=prebuilt-binary /outrider /outrider
+COPY --from=prebuilt-binary /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+
+############################ default target ############################
+FROM runtime-base AS runtime
+COPY --from=builder /outrider /outrider
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 
 # ----------------------------------------------------------------------------
 # Wrap mode: put the binary into the legacy app's own image and let outrider

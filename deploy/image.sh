@@ -21,6 +21,9 @@ if command -v podman >/dev/null; then
     export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}
 elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     ENGINE=(docker)
+    # BuildKit skips the stages `--target prebuilt` does not need; docker's
+    # legacy builder would build the `builder` stage and pull its base.
+    export DOCKER_BUILDKIT=1
 else
     echo "image.sh: neither podman nor a running docker engine found (apt-get install podman runc)" >&2
     exit 1
@@ -30,8 +33,8 @@ bin=${OUTRIDER_BIN:-$(bash deploy/build-static.sh)}
 ca=/etc/ssl/certs/ca-certificates.crt
 [[ -f $ca ]] || { echo "image.sh: no CA bundle at $ca (apt-get install ca-certificates)" >&2; exit 1; }
 
-# The binary and CA roots as a one-layer image, named as the Dockerfile's
-# `binary` stage expects through BINARY_FROM.
+# The binary and CA roots as a one-layer image, which the Dockerfile's
+# `prebuilt` target takes through BINARY_FROM.
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$bin" "$ctx/outrider"
@@ -42,7 +45,7 @@ staging=localhost/outrider-binary:staging
 "${ENGINE[@]}" build --quiet -t "$staging" -f "$ctx/Containerfile" "$ctx" >/dev/null
 
 before=$("${ENGINE[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-"${ENGINE[@]}" build --quiet --build-arg BINARY_FROM="$staging" -t "$IMAGE" -f Dockerfile . >/dev/null
+"${ENGINE[@]}" build --quiet --target prebuilt --build-arg BINARY_FROM="$staging" -t "$IMAGE" -f Dockerfile . >/dev/null
 "${ENGINE[@]}" rmi "$staging" >/dev/null 2>&1 || true
 # The image this tag named before, unless a container still uses it:
 # rebuilds do not pile up untagged images.
