@@ -17,6 +17,8 @@
 //!   metrics, and the tower layer that records all three.
 //! * `body`: body wrappers shared by the request path and telemetry.
 //! * `tls`: rustls server config, certificate hot reload, mTLS subjects.
+//! * `gate`: a future polled only when it woke its task, for the branches
+//!   of a connection's `select!` that almost never fire.
 //!
 //! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
 //! parameters and know nothing of `config` or `lifecycle`; `main.rs` wires.
@@ -26,6 +28,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod gate;
 pub mod health;
 pub mod lifecycle;
 pub mod proxy;

@@ -70,10 +70,27 @@ pub struct Lifecycle {
     drain_request: watch::Receiver<bool>,
     /// Set once in-flight requests are done, to answer `/drain`.
     drained: watch::Sender<bool>,
+    /// What the drain tells the request path.
+    handles: DrainHandles,
+}
+
+/// What the shutdown sequence signals to the rest of the process, besides
+/// the phase.
+#[derive(Clone)]
+pub struct DrainHandles {
     /// Cancelled when the drain starts: requests stop waiting for an app
     /// that is away.
-    draining: CancellationToken,
+    pub draining: CancellationToken,
+    /// Cancelled at the drain timeout (or a second signal): every
+    /// connection still open, upgraded ones included, is closed.
+    pub cut: CancellationToken,
+    /// Counts the connections closed that way.
+    pub cut_connections: prometheus::IntCounter,
 }
+
+/// How long connection tasks get to end once cut: they only drop their
+/// sockets, so this is a bound for a task that misbehaves, not a wait.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// How a wait ended.
 enum Waited<T> {
@@ -94,10 +111,10 @@ impl Lifecycle {
         plan: DrainPlan,
         drain_request: watch::Receiver<bool>,
         drained: watch::Sender<bool>,
-        draining: CancellationToken,
+        handles: DrainHandles,
     ) -> io::Result<Self> {
         let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?;
-        Ok(Self { signals, phase, connections, plan, drain_request, drained, draining })
+        Ok(Self { signals, phase, connections, plan, drain_request, drained, handles })
     }
 
     /// Runs until outrider should exit, and returns the exit code: the
@@ -134,7 +151,7 @@ impl Lifecycle {
              then waiting for in-flight requests, then stopping the app"
         );
         self.phase.send_replace(Phase::Drain);
-        self.draining.cancel();
+        self.handles.draining.cancel();
         let deadline = tokio::time::Instant::now() + plan.timeout;
 
         // 1. Endpoint removal is propagating: keep serving.
@@ -150,9 +167,7 @@ impl Lifecycle {
         let drained = tokio::time::timeout_at(deadline, connections.wait());
         match self.wait(child, drained).await {
             Waited::Done(Ok(())) => info!("all connections drained"),
-            Waited::Done(Err(_)) => {
-                warn!(remaining = self.connections.len(), "drain timeout reached with requests still in flight; closing them")
-            }
+            Waited::Done(Err(_)) => self.cut("drain timeout reached with connections still open; closing them").await,
             Waited::Interrupted => return self.fast_stop(&app).await,
         }
         self.drained.send_replace(true);
@@ -189,6 +204,7 @@ impl Lifecycle {
     async fn fast_stop(&mut self, app: &App) -> i32 {
         warn!("shutdown signal during the drain: skipping the rest of it");
         self.close_now();
+        self.cut("closing the connections still open").await;
         self.drained.send_replace(true);
         self.stop_app(app).await
     }
@@ -205,9 +221,24 @@ impl Lifecycle {
         }
     }
 
+    /// Closes every connection still open, and waits (briefly) for their
+    /// tasks to end, so the app is stopped only after they are gone.
+    async fn cut(&self, why: &'static str) {
+        let remaining = self.connections.len();
+        if remaining > 0 {
+            warn!(remaining, "{why}");
+            self.handles.cut_connections.inc_by(remaining as u64);
+        }
+        self.handles.cut.cancel();
+        self.connections.close();
+        if tokio::time::timeout(CUT_GRACE, self.connections.wait()).await.is_err() {
+            warn!(remaining = self.connections.len(), "connection tasks still running after the cut");
+        }
+    }
+
     fn close_now(&self) {
         self.phase.send_replace(Phase::Close);
-        self.draining.cancel();
+        self.handles.draining.cancel();
         self.connections.close();
     }
 

@@ -10,7 +10,7 @@ use outrider::{
     admin,
     config::{AppHealthCheck, AppProcess, Config, LogFormat, Overrides, UpstreamAddr, UpstreamProtocol},
     health::{self, Health},
-    lifecycle::{App, DrainPlan, Lifecycle},
+    lifecycle::{App, DrainHandles, DrainPlan, Lifecycle},
     proxy::{self, Proxy, upstream},
     server::{self, Phase, ServerOptions},
     supervisor::{self, External, Supervisor},
@@ -210,10 +210,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     let (drain_request, drain_requested) = watch::channel(false);
     let (drained_tx, drained) = watch::channel(false);
     let connections = TaskTracker::new();
-    let draining = CancellationToken::new();
     let plan = DrainPlan { delay: config.drain_delay, timeout: config.drain_timeout, app_stop_timeout: config.app_stop_timeout };
-    let lifecycle = Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx, draining.clone())
-        .context("cannot install signal handlers")?;
 
     // TLS before the app: a bad certificate must not leave it running.
     let tls = match &config.tls {
@@ -263,6 +260,16 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         },
     );
 
+    // Signal handlers before the app, so a signal during its start-up is
+    // handled rather than fatal.
+    let handles = DrainHandles {
+        draining: CancellationToken::new(),
+        cut: CancellationToken::new(),
+        cut_connections: metrics.drain_cut_connections.clone(),
+    };
+    let lifecycle = Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx, handles.clone())
+        .context("cannot install signal handlers")?;
+
     let app = if command.is_empty() {
         match &config.app_process {
             Some(AppProcess::Name(name)) => App::External(External::Name(name.clone())),
@@ -287,7 +294,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         tls: upstream_tls,
     };
     let health = Health::new(config.app_health_failures, config.app_health_successes);
-    let connector = upstream::Connector::new(&client_options, health.clone(), draining);
+    let connector = upstream::Connector::new(&client_options, health.clone(), handles.draining.clone());
     let held = connector.held_counter();
     tokio::spawn(health::run_checks(
         health.clone(),
@@ -321,6 +328,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         },
         connector,
         connections.clone(),
+        handles.cut.clone(),
     );
     let admin_options = ServerOptions {
         header_read_timeout: config.header_read_timeout,
@@ -339,7 +347,7 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
     if let Some(tls) = tls {
         tokio::spawn(tls.watch());
     }
-    tokio::spawn(server::serve("proxy", listener, options, phase.clone(), connections.clone(), move |conn| {
+    tokio::spawn(server::serve("proxy", listener, options, phase.clone(), connections.clone(), handles.cut, move |conn| {
         observer.layer(proxy.service(conn.clone()), conn)
     }));
 
@@ -355,9 +363,15 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         metrics,
         held,
     };
-    tokio::spawn(server::serve("admin", admin_listener, admin_options, admin_phase, TaskTracker::new(), move |conn| {
-        admin::service(admin_state.clone(), conn.remote)
-    }));
+    tokio::spawn(server::serve(
+        "admin",
+        admin_listener,
+        admin_options,
+        admin_phase,
+        TaskTracker::new(),
+        CancellationToken::new(),
+        move |conn| admin::service(admin_state.clone(), conn.remote),
+    ));
 
     info!(
         listen = %listen_addr,

@@ -15,6 +15,7 @@ use std::{
 use common::*;
 use http::Request;
 use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/legacy_app.py");
 
@@ -333,6 +334,67 @@ async fn drain_endpoint_blocks_until_in_flight_requests_finish() {
     proxy.signal(Signal::SIGTERM);
     assert_eq!(proxy.wait().await.code(), Some(0));
     assert!(signalled.elapsed() < Duration::from_secs(2));
+}
+
+/// A request still running at `OUTRIDER_DRAIN_TIMEOUT` is cut: its
+/// connection closes at the deadline, the app gets SIGTERM only after that,
+/// and outrider exits within drain timeout + app stop timeout + a margin.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_timeout_cuts_the_connections_still_open() {
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+    const APP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+    let port = free_port();
+    let log = temp_file("cut-app.log");
+    let proxy = outrider(&format!("http://127.0.0.1:{port}"))
+        .env("OUTRIDER_DRAIN_DELAY", "1s")
+        .env("OUTRIDER_DRAIN_TIMEOUT", "3s")
+        .env("OUTRIDER_APP_STOP_TIMEOUT", "5s")
+        .args(["--", "python3", FIXTURE, "--port", &port.to_string(), "--log", log.to_str().unwrap()])
+        .start()
+        .await;
+    wait_status(&proxy.admin_url("/readyz"), 200).await;
+
+    // A request the app takes 60 s to answer, far past the drain timeout.
+    let mut stream = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    stream.write_all(b"GET /sleep?ms=60000 HTTP/1.1\r\nHost: legacy\r\n\r\n").await.unwrap();
+    eventually("the app to receive the slow request", || {
+        let begun = app_events(&log).iter().any(|e| e.kind == "begin");
+        async move { begun.then_some(()) }
+    })
+    .await;
+
+    let signalled = Instant::now();
+    let signalled_at = now_unix();
+    proxy.signal(Signal::SIGTERM);
+    let mut buf = [0u8; 512];
+    let read =
+        tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await.expect("the connection was still open long after the drain timeout");
+    let closed_after = signalled.elapsed();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected the connection closed, got {:?}",
+        read.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    assert!(closed_after >= DRAIN_TIMEOUT, "cut after {closed_after:?}, before the {DRAIN_TIMEOUT:?} drain timeout");
+
+    let logs = proxy.logs.clone();
+    assert_eq!(proxy.wait().await.code(), Some(0));
+    let exited_after = signalled.elapsed();
+    assert!(exited_after < DRAIN_TIMEOUT + APP_STOP_TIMEOUT + Duration::from_secs(5), "outrider exited {exited_after:?} after SIGTERM");
+    // The app heard of the shutdown only once the drain was over, and the
+    // cut was logged with its count.
+    let sigterm = app_events(&log).into_iter().find(|e| e.kind == "sigterm").expect("the app never got SIGTERM");
+    assert!(
+        sigterm.at >= signalled_at + DRAIN_TIMEOUT.as_secs_f64(),
+        "the app got SIGTERM {:.3} s after outrider's, before the drain timeout",
+        sigterm.at - signalled_at
+    );
+    eventually("a log line counting the cut connection", || {
+        let found = logs.lock().unwrap().iter().any(|l| l.contains("drain timeout reached") && l.contains(r#""remaining":1"#));
+        async move { found.then_some(()) }
+    })
+    .await;
+    let _ = std::fs::remove_file(log);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,13 +32,14 @@ use http::{
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, warn};
 
 pub use self::error::ProxyError;
 use self::{pool::Lease, upstream::UpstreamClient};
 use crate::{
     body::{Outcome, RequestBody},
+    gate::Gated,
     server::ConnInfo,
     telemetry::metrics::Metrics,
 };
@@ -204,6 +205,8 @@ struct Inner {
     scheme: &'static str,
     /// Upgraded (spliced) connections, so a drain can wait for them.
     tasks: TaskTracker,
+    /// Cancelled at the drain timeout: spliced connections close then.
+    cut: CancellationToken,
     metrics: Option<&'static Metrics>,
     max_inflight: usize,
     /// Requests in flight; process-lifetime, so guards hold no refcount.
@@ -225,8 +228,9 @@ enum Upstream {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Builds the proxy on `connector`. `tasks` tracks upgraded connections.
-    pub fn new(options: &ProxyOptions, connector: upstream::Connector, tasks: TaskTracker) -> Self {
+    /// Builds the proxy on `connector`. `tasks` tracks upgraded connections,
+    /// which close when `cut` is cancelled (the drain timeout).
+    pub fn new(options: &ProxyOptions, connector: upstream::Connector, tasks: TaskTracker, cut: CancellationToken) -> Self {
         let upstream_authority = match &options.client.target {
             upstream::Target::Tcp(addr) => addr.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
             // The connector ignores the URI for Unix sockets; the authority
@@ -247,6 +251,7 @@ impl Proxy {
                 via: options.via,
                 scheme: options.scheme,
                 tasks,
+                cut,
                 metrics: options.metrics,
                 max_inflight: options.max_inflight,
                 inflight: Box::leak(Box::new(AtomicUsize::new(0))),
@@ -398,6 +403,7 @@ async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<Reques
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let cut = inner.cut.clone();
         inner.tasks.spawn(
             async move {
                 let (mut client, app) = match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
@@ -406,9 +412,14 @@ async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<Reques
                     (_, Err(e)) => return debug!(error = %e, "upgrade did not complete"),
                 };
                 let mut app = TokioIo::new(app);
-                match tokio::io::copy_bidirectional(&mut client, &mut app).await {
-                    Ok((up, down)) => debug!(bytes_to_app = up, bytes_to_client = down, "upgraded connection closed"),
-                    Err(e) => debug!(error = %e, "upgraded connection ended with error"),
+                tokio::select! {
+                    biased;
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut app) => match copied {
+                        Ok((up, down)) => debug!(bytes_to_app = up, bytes_to_client = down, "upgraded connection closed"),
+                        Err(e) => debug!(error = %e, "upgraded connection ended with error"),
+                    },
+                    // Both sockets close as the task ends.
+                    () = Gated::new(cut.cancelled()) => debug!("upgraded connection closed at the drain timeout"),
                 }
             }
             .in_current_span(),

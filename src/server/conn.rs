@@ -15,7 +15,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     pin::Pin,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
@@ -29,6 +28,8 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{io::AsyncWriteExt, sync::watch, time::Instant};
 use tracing::{debug, trace};
+
+use crate::gate::Gated;
 
 use super::{
     Phase, reached,
@@ -278,62 +279,6 @@ impl Idle {
     /// When a parked connection is closed for idling.
     fn deadline(&self) -> Instant {
         self.state.idle_since().map_or_else(|| Instant::now() + self.head_timeout, |since| since + self.head_timeout)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Polls the inner future only when it was the one that woke the task (and
-    /// on the first poll).
-    ///
-    /// `select!` polls every branch on every wake-up. A connection's task
-    /// wakes a few times per request for its sockets, and each time the
-    /// phase watch (a lock and a version check, about 1.8 % of a request's
-    /// instructions) and the idle timer would be polled for nothing; the
-    /// phase changes twice in the process's life, the timer fires at most
-    /// once a second while the connection is busy.
-    struct Gated<F> {
-        #[pin]
-        inner: F,
-        gate: Arc<Gate>,
-    }
-}
-
-#[derive(Default)]
-struct Gate {
-    woken: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for Gate {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<F: Future> Gated<F> {
-    fn new(inner: F) -> Self {
-        let gate = Gate { woken: std::sync::atomic::AtomicBool::new(true), ..Gate::default() };
-        Self { inner, gate: Arc::new(gate) }
-    }
-}
-
-impl<F: Future> Future for Gated<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        let this = self.project();
-        // Registered before the check: a wake-up in between is not lost.
-        this.gate.task.register(cx.waker());
-        if !this.gate.woken.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            return std::task::Poll::Pending;
-        }
-        let waker = std::task::Waker::from(this.gate.clone());
-        this.inner.poll(&mut std::task::Context::from_waker(&waker))
     }
 }
 

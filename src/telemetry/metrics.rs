@@ -53,6 +53,7 @@ pub struct Metrics {
     pub load_shed: IntCounter,
     pub app_ready: IntGauge,
     pub draining: IntGauge,
+    pub drain_cut_connections: IntCounter,
     pub buffered_requests: IntGauge,
 }
 
@@ -140,6 +141,10 @@ impl Metrics {
             load_shed: counter("outrider_load_shed_total", "Requests refused with 503 because OUTRIDER_MAX_INFLIGHT were in flight.")?,
             app_ready: gauge("outrider_app_ready", "1 when the app passes its health check.")?,
             draining: gauge("outrider_draining", "1 once outrider has started draining.")?,
+            drain_cut_connections: counter(
+                "outrider_drain_cut_connections_total",
+                "Client connections still open at the drain timeout (or a second shutdown signal), closed then.",
+            )?,
             buffered_requests: gauge("outrider_buffered_requests", "Requests held while the app is not accepting connections.")?,
             registry,
         })
