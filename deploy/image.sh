@@ -6,7 +6,7 @@
 #
 #   bash deploy/image.sh                 # tags outrider:dev
 #   IMAGE=registry.example/outrider:1.2 bash deploy/image.sh
-#   OUTRIDER_BIN=path/to/outrider bash deploy/image.sh   # skip the cargo build
+#   BINARY=path/to/outrider bash deploy/image.sh         # skip the cargo build
 #
 # Prints the image name on its last line.
 set -euo pipefail
@@ -29,7 +29,7 @@ else
     exit 1
 fi
 
-bin=${OUTRIDER_BIN:-$(bash deploy/build-static.sh)}
+bin=${BINARY:-$(bash deploy/build-static.sh)}
 ca=/etc/ssl/certs/ca-certificates.crt
 [[ -f $ca ]] || { echo "image.sh: no CA bundle at $ca (apt-get install ca-certificates)" >&2; exit 1; }
 

@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use figment::{
-    Figment,
+    Figment, Provider,
     providers::{Env, Format, Serialized, Toml},
 };
 use http::uri::{Authority, Scheme};
@@ -393,10 +393,22 @@ impl Config {
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
         let mut file = None;
+        let known = known_keys();
+        check_env_names(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()), &known)?;
         if let Some(path) = std::env::var_os("OUTRIDER_CONFIG") {
             let path = PathBuf::from(path);
             if !path.is_file() {
                 return Err(invalid("OUTRIDER_CONFIG", &path.display().to_string(), "no such file"));
+            }
+            let keys = Figment::from(Toml::file_exact(&path)).data().map_err(|e| ConfigError::Source(e.to_string()))?;
+            for key in keys.values().flat_map(|dict| dict.keys()) {
+                if !known.contains(key) {
+                    return Err(ConfigError::Source(format!(
+                        "unknown key `{key}` in {} (OUTRIDER_CONFIG){}",
+                        path.display(),
+                        suggestion(key, known.iter().map(String::as_str)).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default()
+                    )));
+                }
             }
             figment = figment.merge(Toml::file_exact(&path));
             file = Some(path);
@@ -405,7 +417,6 @@ impl Config {
         // Env provider would parse `{a,b}` or `[x]` as structures, and
         // `Config::try_from` owns all parsing so that a bad value gets the
         // same error whatever its source.
-        let known = known_keys();
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
         let env: BTreeMap<String, String> =
             Env::prefixed(ENV_PREFIX).only(&known).iter().map(|(k, v)| (k.as_str().to_ascii_lowercase(), v)).collect();
@@ -537,6 +548,57 @@ impl Config {
 /// break start-up.
 fn known_keys() -> Vec<String> {
     VARIABLES.iter().filter(|(v, _)| *v != "OUTRIDER_CONFIG").map(|(v, _)| v.trim_start_matches(ENV_PREFIX).to_ascii_lowercase()).collect()
+}
+
+/// Refuses an `OUTRIDER_*` variable outrider does not read: a misspelt one
+/// would otherwise be ignored without a word. Kubernetes' service links are
+/// let through: every pod of a namespace with a Service named `outrider`
+/// gets `OUTRIDER_SERVICE_HOST`, `OUTRIDER_SERVICE_PORT[_<NAME>]`,
+/// `OUTRIDER_PORT` and `OUTRIDER_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]`, and
+/// they must never stop a pod from starting.
+fn check_env_names(names: impl Iterator<Item = String>, known: &[String]) -> Result<(), ConfigError> {
+    let service_link = |rest: &str| {
+        rest == "SERVICE_HOST"
+            || rest == "SERVICE_PORT"
+            || rest.starts_with("SERVICE_PORT_")
+            || rest == "PORT"
+            || rest
+                .strip_prefix("PORT_")
+                .is_some_and(|n| n.split('_').next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+    };
+    for name in names {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if rest == "CONFIG" || service_link(rest) || known.iter().any(|k| k.eq_ignore_ascii_case(rest)) {
+            continue;
+        }
+        let hint = suggestion(&rest.to_ascii_lowercase(), known.iter().map(String::as_str))
+            .map(|s| format!("; did you mean {ENV_PREFIX}{}?", s.to_ascii_uppercase()))
+            .unwrap_or_default();
+        return Err(ConfigError::Source(format!("unknown variable {name}{hint} (docs/configuration.md lists them all)")));
+    }
+    Ok(())
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a
+/// typo: at most a third of the word's letters edited.
+fn suggestion<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.map(|c| (edit_distance(word, c), c)).filter(|(d, _)| *d * 3 <= word.len().max(3)).min_by_key(|(d, _)| *d).map(|(_, c)| c)
+}
+
+/// Levenshtein distance over bytes (variable names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Debian's (and most distributions') bundle of trusted CAs.
@@ -704,13 +766,24 @@ fn parse_socket_addr(var: &str, value: &str) -> Result<SocketAddr, ConfigError> 
 
 /// Parses `250ms`, `5s`, `1m30s`. A bare number is rejected: `30` could mean
 /// seconds or milliseconds, and guessing wrong is worse than asking.
+///
+/// Every duration is at most [`MAX_DURATION`]: none of outrider's waits
+/// makes sense longer, and a larger one would overflow the clock arithmetic
+/// (`Instant + Duration` panics).
 pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     let v = value.trim();
     if v == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(v).map_err(|e| invalid(var, value, &format!("{e}; expected a duration such as 250ms, 5s or 1m")))
+    let d = humantime::parse_duration(v).map_err(|e| invalid(var, value, &format!("{e}; expected a duration such as 250ms, 5s or 1m")))?;
+    if d > MAX_DURATION {
+        return Err(invalid(var, value, "must be at most 24h"));
+    }
+    Ok(d)
 }
+
+/// The longest duration any setting takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn parse_nonzero_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
     let d = parse_duration(var, value)?;

@@ -21,6 +21,9 @@ fn bad_values_exit_2_naming_the_variable() {
         ("OUTRIDER_MAX_HEADER_BYTES", "12"),
         ("OUTRIDER_UPSTREAM_PROTOCOL", "http3"),
         ("OUTRIDER_VIA", "maybe"),
+        // Past any sensible wait, and past what the clock arithmetic holds.
+        ("OUTRIDER_DRAIN_TIMEOUT", "1000000000y"),
+        ("OUTRIDER_REQUEST_TIMEOUT", "25h"),
     ] {
         let (code, stdout, stderr) = run(outrider("http://127.0.0.1:1").env(var, value).args(["--print-config"]));
         assert_eq!(code, 2, "{var}={value}: {stderr}");
@@ -99,8 +102,41 @@ fn kubernetes_service_variables_do_not_break_start_up() {
         .env("OUTRIDER_PORT", "tcp://10.0.0.1:8080")
         .env("OUTRIDER_SERVICE_HOST", "10.0.0.1")
         .env("OUTRIDER_PORT_8080_TCP", "tcp://10.0.0.1:8080")
+        .env("OUTRIDER_PORT_8080_TCP_PROTO", "tcp")
+        .env("OUTRIDER_PORT_8080_TCP_PORT", "8080")
+        .env("OUTRIDER_PORT_8080_TCP_ADDR", "10.0.0.1")
+        .env("OUTRIDER_SERVICE_PORT", "8080")
+        .env("OUTRIDER_SERVICE_PORT_HTTP", "8080")
         .args(["--print-config"]));
     assert_eq!(code, 0, "{stderr}");
+}
+
+/// A misspelt variable or file key is refused, not ignored, with the name
+/// it was probably meant to be.
+#[test]
+fn unknown_settings_exit_2_with_a_suggestion() {
+    let (code, stdout, stderr) = run(outrider("http://127.0.0.1:1").env("OUTRIDER_REQUST_TIMEOUT", "5s").args(["--print-config"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unknown variable OUTRIDER_REQUST_TIMEOUT") && stderr.contains("did you mean OUTRIDER_REQUEST_TIMEOUT?"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run(outrider("http://127.0.0.1:1").env("OUTRIDER_SOMETHING_ELSE_ENTIRELY", "1").args(["--print-config"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown variable OUTRIDER_SOMETHING_ELSE_ENTIRELY") && !stderr.contains("did you mean"), "{stderr}");
+
+    let dir = std::env::temp_dir().join(format!("outrider-unknown-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outrider.toml");
+    std::fs::write(&file, "request_timout = \"5s\"\n").unwrap();
+    let (code, _, stderr) = run(outrider("http://127.0.0.1:1").env("OUTRIDER_CONFIG", file.to_str().unwrap()).args(["--print-config"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown key `request_timout`") && stderr.contains("did you mean `request_timeout`?"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -119,6 +155,11 @@ fn bad_export_settings_exit_2_naming_the_variable() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "no-value"),
+        // Read by the SDK itself, which would fall back in silence.
+        ("OTEL_TRACES_SAMPLER", "bogus"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
     ] {
         let mut spawn = outrider("http://127.0.0.1:1").env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
         spawn = spawn.env(var, value).env("OUTRIDER_LISTEN", "127.0.0.1:0").env("OUTRIDER_ADMIN_LISTEN", "127.0.0.1:0");

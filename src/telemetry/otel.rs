@@ -48,8 +48,8 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
         "`always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio`.",
     ),
     ("OTEL_TRACES_SAMPLER_ARG", "", "Ratio for the `traceidratio` samplers, 0.0–1.0."),
-    ("OTEL_BSP_MAX_QUEUE_SIZE", "2048", "Spans queued for export; beyond it spans are dropped, never requests slowed."),
-    ("OTEL_BSP_SCHEDULE_DELAY", "1000", "Milliseconds between export batches."),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "2048", "Spans queued for export, 1–1000000; beyond it spans are dropped, never requests slowed."),
+    ("OTEL_BSP_SCHEDULE_DELAY", "5000", "Milliseconds between export batches, at most 86400000 (a day)."),
     ("K8S_POD_NAME", "", "Downward API: becomes `k8s.pod.name`."),
     ("K8S_NAMESPACE_NAME", "", "Downward API: becomes `k8s.namespace.name`."),
     ("K8S_NODE_NAME", "", "Downward API: becomes `k8s.node.name`."),
@@ -95,6 +95,7 @@ impl Tracing {
     /// # Errors
     /// An invalid `OTEL_*` value, or an exporter that cannot be built.
     pub fn from_env(default_service_name: &str, counters: ExportCounters) -> Result<Self, OtelError> {
+        check_sdk_variables()?;
         if env_flag("OTEL_SDK_DISABLED")? {
             return Ok(Self { tracer: None, provider: None, destination: "disabled".into(), exporting: false });
         }
@@ -187,6 +188,39 @@ pub(super) fn non_empty(var: &str) -> Option<String> {
 /// exporter specification's precedence), with the name of the one used.
 pub(super) fn traces_or_general(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
     non_empty(traces).map(|v| (traces, v)).or_else(|| non_empty(general).map(|v| (general, v)))
+}
+
+/// The variables the SDK reads itself, checked first: the SDK falls back to
+/// its defaults on a value it cannot use, and a typo in a sampler name would
+/// silently sample everything.
+fn check_sdk_variables() -> Result<(), OtelError> {
+    const SAMPLERS: [&str; 6] =
+        ["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"];
+    if let Some(sampler) = non_empty("OTEL_TRACES_SAMPLER") {
+        if !SAMPLERS.contains(&sampler.as_str()) {
+            return Err(OtelError::Invalid {
+                var: "OTEL_TRACES_SAMPLER",
+                value: sampler,
+                reason: "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+            });
+        }
+    }
+    if let Some(arg) = non_empty("OTEL_TRACES_SAMPLER_ARG") {
+        if !arg.parse::<f64>().is_ok_and(|ratio| (0.0..=1.0).contains(&ratio)) {
+            return Err(OtelError::Invalid { var: "OTEL_TRACES_SAMPLER_ARG", value: arg, reason: "expected a ratio from 0.0 to 1.0" });
+        }
+    }
+    for (var, max, reason) in [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", 1_000_000, "expected a whole number from 1 to 1000000"),
+        ("OTEL_BSP_SCHEDULE_DELAY", 86_400_000, "expected milliseconds from 1 to 86400000"),
+    ] {
+        if let Some(value) = non_empty(var) {
+            if !value.parse::<u64>().is_ok_and(|n| (1..=max).contains(&n)) {
+                return Err(OtelError::Invalid { var, value, reason });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn env_flag(var: &'static str) -> Result<bool, OtelError> {
