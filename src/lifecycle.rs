@@ -62,7 +62,9 @@ pub struct DrainPlan {
 
 /// Everything the shutdown sequence drives.
 pub struct Lifecycle {
-    signals: Signals,
+    /// The OS signals outrider handles, as raw numbers; a plain stream, so
+    /// tests drive the sequence without real signals.
+    signals: SignalStream,
     phase: watch::Sender<Phase>,
     connections: TaskTracker,
     plan: DrainPlan,
@@ -99,22 +101,30 @@ enum Waited<T> {
     Interrupted,
 }
 
+/// Where signals come from: the OS's, or a test's.
+pub type SignalStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = i32> + Send>>;
+
+/// The OS signals the shutdown sequence handles. Register them before
+/// spawning the app, so a signal that arrives during start-up is handled,
+/// not fatal.
+///
+/// # Errors
+/// The handlers cannot be installed.
+pub fn os_signals() -> io::Result<SignalStream> {
+    Ok(Box::pin(Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?))
+}
+
 impl Lifecycle {
-    /// Registers the signal handlers. Call before spawning the app, so a
-    /// signal that arrives during start-up is handled, not fatal.
-    ///
-    /// # Errors
-    /// The handlers cannot be installed.
     pub fn new(
+        signals: SignalStream,
         phase: watch::Sender<Phase>,
         connections: TaskTracker,
         plan: DrainPlan,
         drain_request: watch::Receiver<bool>,
         drained: watch::Sender<bool>,
         handles: DrainHandles,
-    ) -> io::Result<Self> {
-        let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?;
-        Ok(Self { signals, phase, connections, plan, drain_request, drained, handles })
+    ) -> Self {
+        Self { signals, phase, connections, plan, drain_request, drained, handles }
     }
 
     /// Runs until outrider should exit, and returns the exit code: the
@@ -223,7 +233,7 @@ impl Lifecycle {
 
     /// Closes every connection still open, and waits (briefly) for their
     /// tasks to end, so the app is stopped only after they are gone.
-    async fn cut(&self, why: &'static str) {
+    async fn cut(&mut self, why: &'static str) {
         let remaining = self.connections.len();
         if remaining > 0 {
             warn!(remaining, "{why}");
@@ -274,5 +284,155 @@ async fn race_app<F: Future<Output = ()>>(fut: F, app: Option<&Supervisor>) {
     tokio::select! {
         () = fut => {}
         _ = app_exit(app) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shutdown sequence in-process, under paused time, with signals
+    //! sent down a channel. Pod mode: there is no app to stop, so what is
+    //! left to see is the phases, the tokens, the count of cut connections,
+    //! and when `run` returns.
+
+    use tokio::{task::JoinHandle, time::Instant};
+
+    use super::*;
+
+    const PLAN: DrainPlan =
+        DrainPlan { delay: Duration::from_secs(5), timeout: Duration::from_secs(20), app_stop_timeout: Duration::from_secs(10) };
+
+    /// Far past any deadline of the plan: under paused time a sequence that
+    /// is stuck fails here instead of hanging the test.
+    const STUCK: Duration = Duration::from_secs(24 * 3600);
+
+    async fn finishes(run: JoinHandle<i32>) -> i32 {
+        tokio::time::timeout(STUCK, run).await.expect("the lifecycle never ended").expect("the lifecycle panicked")
+    }
+
+    struct Harness {
+        signals: tokio::sync::mpsc::UnboundedSender<i32>,
+        phase: watch::Receiver<Phase>,
+        drain_request: watch::Sender<bool>,
+        drained: watch::Receiver<bool>,
+        handles: DrainHandles,
+        connections: TaskTracker,
+        run: JoinHandle<i32>,
+    }
+
+    fn start() -> Harness {
+        let (signals, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|signal| (signal, rx)) });
+        let (phase_tx, phase) = watch::channel(Phase::Serve);
+        let (drain_request, drain_requested) = watch::channel(false);
+        let (drained_tx, drained) = watch::channel(false);
+        let handles = DrainHandles {
+            draining: CancellationToken::new(),
+            cut: CancellationToken::new(),
+            cut_connections: prometheus::IntCounter::new("cut", "cut").expect("a valid counter"),
+        };
+        let connections = TaskTracker::new();
+        let lifecycle = Lifecycle::new(Box::pin(stream), phase_tx, connections.clone(), PLAN, drain_requested, drained_tx, handles.clone());
+        let run = tokio::spawn(lifecycle.run(App::None));
+        Harness { signals, phase, drain_request, drained, handles, connections, run }
+    }
+
+    impl Harness {
+        fn signal(&self, signal: i32) {
+            self.signals.send(signal).expect("the lifecycle is running");
+        }
+
+        /// A connection busy for `busy`, then done.
+        fn connection_busy_for(&self, busy: Duration) {
+            self.connections.spawn(tokio::time::sleep(busy));
+        }
+
+        /// A connection that ends only when it is cut.
+        fn connection_never_done(&self) {
+            let cut = self.handles.cut.clone();
+            self.connections.spawn(async move { cut.cancelled().await });
+        }
+
+        async fn phase_reaches(&mut self, phase: Phase) {
+            let reached = self.phase.wait_for(|p| *p >= phase);
+            tokio::time::timeout(STUCK, reached).await.expect("the phase never came").expect("the lifecycle holds the phase");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_drains_in_steps() {
+        let mut h = start();
+        h.connection_busy_for(Duration::from_secs(8));
+        let t0 = Instant::now();
+        h.signal(SIGTERM);
+        h.phase_reaches(Phase::Drain).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "readiness must fail at once");
+        assert!(h.handles.draining.is_cancelled(), "held requests must be let go at the start of the drain");
+        h.phase_reaches(Phase::Close).await;
+        assert_eq!(t0.elapsed(), PLAN.delay, "the listener closes after the drain delay");
+        assert_eq!(finishes(h.run).await, 0);
+        assert_eq!(t0.elapsed(), Duration::from_secs(8), "the drain ends when the last connection does");
+        assert!(!h.handles.cut.is_cancelled());
+        assert_eq!(h.handles.cut_connections.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_timeout_cuts_what_is_still_open() {
+        let h = start();
+        h.connection_never_done();
+        h.connection_never_done();
+        h.connection_busy_for(Duration::from_secs(3));
+        let t0 = Instant::now();
+        h.signal(SIGTERM);
+        assert_eq!(finishes(h.run).await, 0);
+        assert_eq!(t0.elapsed(), PLAN.timeout, "the cut comes at the drain timeout, counted from the signal");
+        assert!(h.handles.cut.is_cancelled());
+        assert_eq!(h.handles.cut_connections.get(), 2, "the two connections still open were cut");
+        assert!(h.connections.is_empty(), "run returned before the cut connections ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_signal_skips_the_rest() {
+        let mut h = start();
+        h.connection_never_done();
+        let t0 = Instant::now();
+        h.signal(SIGTERM);
+        h.phase_reaches(Phase::Drain).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.signal(SIGINT);
+        assert_eq!(finishes(h.run).await, 0);
+        assert_eq!(t0.elapsed(), Duration::from_secs(1), "the second signal must not wait for the delay or the timeout");
+        assert!(h.handles.cut.is_cancelled());
+        assert_eq!(h.handles.cut_connections.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_endpoint_drains_then_waits_for_sigterm() {
+        let mut h = start();
+        h.connection_busy_for(Duration::from_secs(2));
+        let t0 = Instant::now();
+        h.drain_request.send_replace(true);
+        tokio::time::timeout(STUCK, h.drained.wait_for(|d| *d)).await.expect("never drained").expect("drained");
+        assert_eq!(t0.elapsed(), PLAN.delay, "/drain answers once the delay passed and the connections are done");
+        assert_eq!(*h.phase.borrow(), Phase::Close);
+        // A native sidecar that exited would be restarted: it waits for its
+        // own SIGTERM, however long that takes.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!h.run.is_finished(), "outrider exited after /drain without its SIGTERM");
+        h.signal(SIGTERM);
+        assert_eq!(finishes(h.run).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_endpoint_joins_a_drain_a_signal_started() {
+        let h = start();
+        let t0 = Instant::now();
+        h.signal(SIGTERM);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.drain_request.send_replace(true);
+        let mut drained = h.drained.clone();
+        tokio::time::timeout(STUCK, drained.wait_for(|d| *d)).await.expect("never drained").expect("drained");
+        assert_eq!(t0.elapsed(), PLAN.delay, "the /drain call must not restart the delay");
+        assert_eq!(finishes(h.run).await, 0);
+        assert_eq!(t0.elapsed(), PLAN.delay, "a signal-started drain exits once drained");
     }
 }

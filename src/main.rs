@@ -10,7 +10,7 @@ use outrider::{
     admin,
     config::{AppHealthCheck, AppProcess, Config, LogFormat, Overrides, UpstreamAddr, UpstreamProtocol},
     health::{self, Health},
-    lifecycle::{App, DrainHandles, DrainPlan, Lifecycle},
+    lifecycle::{self, App, DrainHandles, DrainPlan, Lifecycle},
     proxy::{self, Proxy, upstream},
     server::{self, Phase, ServerOptions},
     supervisor::{self, External, Supervisor},
@@ -267,8 +267,8 @@ async fn run(config: Config, command: Vec<String>) -> anyhow::Result<i32> {
         cut: CancellationToken::new(),
         cut_connections: metrics.drain_cut_connections.clone(),
     };
-    let lifecycle = Lifecycle::new(phase_tx, connections.clone(), plan, drain_requested, drained_tx, handles.clone())
-        .context("cannot install signal handlers")?;
+    let signals = lifecycle::os_signals().context("cannot install signal handlers")?;
+    let lifecycle = Lifecycle::new(signals, phase_tx, connections.clone(), plan, drain_requested, drained_tx, handles.clone());
 
     let app = if command.is_empty() {
         match &config.app_process {
