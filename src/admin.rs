@@ -52,6 +52,8 @@ pub struct AdminState {
     pub metrics: &'static Metrics,
     /// Requests held while the app is away.
     pub held: Arc<AtomicUsize>,
+    /// Set when a background task died: `/livez` fails from then on.
+    pub failed: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The admin service for one connection from `peer`.
@@ -80,7 +82,14 @@ async fn route(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) ->
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match path {
-        "/livez" | "/health" | "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/livez" | "/health" | "/healthz" => match state.failed.get() {
+            None => text(StatusCode::OK, "ok\n"),
+            Some(what) => Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from(format!("{what}\n"))))
+                .unwrap_or_else(|_| text(StatusCode::SERVICE_UNAVAILABLE, "a background task died\n")),
+        },
         "/readyz" | "/ready" => readiness(state, req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"))),
         "/metrics" => metrics(state),
         "/startupz" => {

@@ -246,14 +246,8 @@ impl fmt::Display for UpstreamAddr {
     }
 }
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Pretty,
-    Auto,
-}
+/// How logs are written: the logging set-up's own type, not a copy.
+pub use crate::telemetry::Format as LogFormat;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

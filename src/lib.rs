@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //!
+//! * `cli`: the flags, `--version`, `wait-ready`, the runtime.
+//! * `run`: turns a `Config` into running parts, supervises them, and runs
+//!   the shutdown sequence; `main.rs` only calls it.
 //! * `config`: defaults < TOML file < `OUTRIDER_*` env < flags, parsed into a
 //!   validated [`config::Config`].
 //! * `server`: accepts connections and serves them with hyper, draining them
@@ -21,17 +24,19 @@
 //!   of a connection's `select!` that almost never fire.
 //!
 //! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
-//! parameters and know nothing of `config` or `lifecycle`; `main.rs` wires.
+//! parameters and know nothing of `config` or `lifecycle`; `run` wires.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod gate;
 pub mod health;
 pub mod lifecycle;
 pub mod proxy;
+pub mod run;
 pub mod server;
 pub mod supervisor;
 pub mod telemetry;
