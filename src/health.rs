@@ -20,8 +20,6 @@ use http_body_util::Empty;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::proxy::upstream::{Connector, UpstreamIo};
-
 /// How the app is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
@@ -143,10 +141,20 @@ impl Health {
 
 /// Runs the active check forever. Until the app is first healthy it checks
 /// every 100 ms, so readiness follows a starting app closely.
-pub async fn run_checks(health: Health, connector: Connector, host: String, options: CheckOptions) {
+///
+/// `connect` opens one connection to the app, or says in a few words why
+/// it could not: the proxy's own connector, so the check reaches the app
+/// exactly as requests do (TCP, Unix socket or TLS), without this module
+/// knowing how.
+pub async fn run_checks<C, F, I>(health: Health, connect: C, host: String, options: CheckOptions)
+where
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<I, String>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let fast = Duration::from_millis(100).min(options.interval);
     loop {
-        let result = tokio::time::timeout(options.timeout, check_once(&connector, &host, &options.check)).await;
+        let result = tokio::time::timeout(options.timeout, check_once(&connect, &host, &options.check)).await;
         match result {
             Ok(Ok(())) => health.success(),
             Ok(Err(reason)) => {
@@ -160,13 +168,21 @@ pub async fn run_checks(health: Health, connector: Connector, host: String, opti
     }
 }
 
-async fn check_once(connector: &Connector, host: &str, check: &Check) -> Result<(), String> {
-    let io = connector.connect_once().await.map_err(|e| e.short())?;
+async fn check_once<C, F, I>(connect: &C, host: &str, check: &Check) -> Result<(), String>
+where
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<I, String>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let io = connect().await?;
     let Check::Http(path) = check else { return Ok(()) };
     http_check(io, host, path).await
 }
 
-async fn http_check(io: UpstreamIo, host: &str, path: &str) -> Result<(), String> {
+async fn http_check<I>(io: I, host: &str, path: &str) -> Result<(), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let status = get_status(io, host, path).await?;
     if status.is_success() || status.is_redirection() { Ok(()) } else { Err(format!("health check {path} returned {}", status.as_u16())) }
 }

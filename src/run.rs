@@ -177,11 +177,15 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     let connector = upstream::Connector::new(&client_options, health.clone(), handles.draining.clone());
     let held = connector.held_counter();
     let mut tasks = Supervised::default();
+    let checker = connector.clone();
     tasks.spawn(
         "the app health check",
         health::run_checks(
             health.clone(),
-            connector.clone(),
+            move || {
+                let checker = checker.clone();
+                async move { checker.connect_once().await.map_err(|e| e.short()) }
+            },
             match &config.upstream {
                 UpstreamAddr::Tcp { authority, .. } => authority.to_string(),
                 UpstreamAddr::Unix(_) => "localhost".to_owned(),

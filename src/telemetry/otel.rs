@@ -19,7 +19,11 @@ use opentelemetry_sdk::{
 use prometheus::IntCounter;
 use tracing::{info, warn};
 
-use super::otlp::{OtlpExporter, Wire};
+pub use super::env::OtelError;
+use super::{
+    env::{non_empty, traces_or_general},
+    otlp::{OtlpExporter, Wire},
+};
 
 /// The standard variables honoured here, for the configuration reference.
 pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
@@ -54,15 +58,6 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     ("K8S_NAMESPACE_NAME", "", "Downward API: becomes `k8s.namespace.name`."),
     ("K8S_NODE_NAME", "", "Downward API: becomes `k8s.node.name`."),
 ];
-
-/// A bad `OTEL_*` value.
-#[derive(Debug, thiserror::Error)]
-pub enum OtelError {
-    #[error("invalid {var}={value:?}: {reason}")]
-    Invalid { var: &'static str, value: String, reason: &'static str },
-    #[error("cannot build the OTLP exporter: {0}")]
-    Exporter(String),
-}
 
 /// Counters the exporter reports into.
 #[derive(Clone)]
@@ -178,16 +173,6 @@ fn lower_priority() {
             tracing::debug!(error = %e, "could not lower the priority of a telemetry thread");
         }
     }
-}
-
-pub(super) fn non_empty(var: &str) -> Option<String> {
-    std::env::var(var).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-}
-
-/// The traces-only variable if set, else the general one (the OTLP
-/// exporter specification's precedence), with the name of the one used.
-pub(super) fn traces_or_general(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
-    non_empty(traces).map(|v| (traces, v)).or_else(|| non_empty(general).map(|v| (general, v)))
 }
 
 /// The variables the SDK reads itself, checked first: the SDK falls back to

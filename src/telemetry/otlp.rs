@@ -30,7 +30,7 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter},
 };
 
-use super::otel::{OtelError, non_empty, traces_or_general};
+use super::env::{OtelError, non_empty, traces_or_general};
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
