@@ -876,6 +876,11 @@ fn toml_quote(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            // TOML basic strings may hold no control character but tab.
+            c if c.is_control() && c != '\t' => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
@@ -886,6 +891,15 @@ fn toml_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_strings_are_valid_toml() {
+        for value in ["plain", "quote \" and backslash \\", "new\nline, tab\t, bell\u{7}, del\u{7f}"] {
+            let printed = format!("key = {}\n", toml_quote(value));
+            let parsed: BTreeMap<String, String> = figment::Figment::from(Toml::string(&printed)).extract().expect("valid TOML");
+            assert_eq!(parsed["key"], value, "{printed}");
+        }
+    }
 
     fn load_with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
