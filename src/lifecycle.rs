@@ -83,8 +83,8 @@ pub struct DrainHandles {
     /// Cancelled when the drain starts: requests stop waiting for an app
     /// that is away.
     pub draining: CancellationToken,
-    /// Cancelled at the drain timeout (or a second signal): every
-    /// connection still open, upgraded ones included, is closed.
+    /// Cancelled at the drain timeout (or a second signal), with the phase
+    /// moving to `Cut`: upgraded (spliced) connections still open close.
     pub cut: CancellationToken,
     /// Counts the connections closed that way.
     pub cut_connections: prometheus::IntCounter,
@@ -239,6 +239,8 @@ impl Lifecycle {
             warn!(remaining, "{why}");
             self.handles.cut_connections.inc_by(remaining as u64);
         }
+        // Connections watch the phase; spliced (upgraded) ones the token.
+        self.phase.send_replace(Phase::Cut);
         self.handles.cut.cancel();
         self.connections.close();
         if tokio::time::timeout(CUT_GRACE, self.connections.wait()).await.is_err() {

@@ -237,7 +237,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     }
     tasks.spawn(
         "the proxy listener",
-        server::serve("proxy", listener, options, phase.clone(), connections.clone(), handles.cut, move |conn| {
+        server::serve("proxy", listener, options, phase.clone(), connections.clone(), move |conn| {
             observer.layer(proxy.service(conn.clone()), conn)
         }),
     );
@@ -258,7 +258,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     };
     tasks.spawn(
         "the admin listener",
-        server::serve("admin", admin_listener, admin_options, admin_phase, TaskTracker::new(), CancellationToken::new(), move |conn| {
+        server::serve("admin", admin_listener, admin_options, admin_phase, TaskTracker::new(), move |conn| {
             admin::service(admin_state.clone(), conn.remote)
         }),
     );

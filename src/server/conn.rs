@@ -135,7 +135,11 @@ async fn serve_http2<T, S, B>(
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
-            () = Gated::new(reached(&mut phase, Phase::Drain)), if !goaway_sent => {
+            // After the GOAWAY, the same branch waits for the cut.
+            () = Gated::new(reached(&mut phase, if goaway_sent { Phase::Cut } else { Phase::Drain })) => {
+                if goaway_sent {
+                    return debug!("closed at the drain timeout");
+                }
                 conn.as_mut().graceful_shutdown();
                 goaway_sent = true;
             }
@@ -179,7 +183,13 @@ async fn serve_http1<T, S, B>(
                 // every time, and a random start costs a draw per poll.
                 biased;
                 result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
-                () = Gated::new(reached(&mut phase, if drain { Phase::Close } else { Phase::Drain })), if !closing => {
+                // Drain, then Close, then the cut: one branch, polled only
+                // when the phase moves.
+                () = Gated::new(reached(&mut phase, if closing { Phase::Cut } else if drain { Phase::Close } else { Phase::Drain })) => {
+                    if closing {
+                        // Dropping the connection closes its socket.
+                        return debug!("closed at the drain timeout");
+                    }
                     if drain {
                         // The listener has closed: idle connections close
                         // now, busy ones after their response.

@@ -36,12 +36,10 @@ use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use conn::{Listener, Protocols};
-
-use crate::gate::Gated;
 
 /// Where the process is in its shutdown sequence. Only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,6 +50,8 @@ pub enum Phase {
     Drain,
     /// Stop accepting; open connections finish what they have in flight.
     Close,
+    /// The drain timeout: every connection still open is closed now.
+    Cut,
 }
 
 /// What a connection's service learns about the connection.
@@ -80,10 +80,10 @@ pub struct ServerOptions {
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
-/// task per connection on `tracker` so the caller can wait for them. When
-/// `cut` is cancelled (the drain timeout), every connection still open is
-/// closed at once: HTTP/1 and HTTP/2 alike lose their socket, and their
-/// in-flight requests with it.
+/// task per connection on `tracker` so the caller can wait for them. At
+/// [`Phase::Cut`] (the drain timeout) every connection still open is closed
+/// at once: HTTP/1 and HTTP/2 alike lose their socket, and their in-flight
+/// requests with it.
 ///
 /// `make_service` builds the per-connection service: it is where
 /// connection-scoped facts (the peer address) enter the request path
@@ -94,7 +94,6 @@ pub async fn serve<M, S, B>(
     options: ServerOptions,
     mut phase: watch::Receiver<Phase>,
     tracker: TaskTracker,
-    cut: CancellationToken,
     make_service: M,
 ) where
     M: Fn(ConnInfo) -> S + Send + Sync + 'static,
@@ -159,7 +158,6 @@ pub async fn serve<M, S, B>(
         let make_service = make_service.clone();
         let tls = options.tls.clone();
         let handshake_timeout = options.header_read_timeout;
-        let cut = cut.clone();
         // Debug level: a span is entered and left on every poll of the
         // connection, which costs more than it tells at the default level.
         let span = debug_span!("conn", listener = name, peer = %remote);
@@ -169,19 +167,11 @@ pub async fn serve<M, S, B>(
                 let _open = open;
                 let listener = Listener { protocols: &protocols, make_service: &*make_service, draining, head_timeout: handshake_timeout };
                 let info = ConnInfo { remote, local, tls: tls.is_some(), client_subject: None };
-                let served = async {
-                    match tls {
-                        None => conn::drive(listener, stream, info, phase).await,
-                        // Boxed: the handshake's state is several KiB, and
-                        // every plain connection's task would be sized for it.
-                        Some(acceptor) => Box::pin(serve_tls(listener, acceptor, stream, info, phase)).await,
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    () = served => {}
-                    // Dropping the connection closes its socket.
-                    () = Gated::new(cut.cancelled()) => debug!("closed at the drain timeout"),
+                match tls {
+                    None => conn::drive(listener, stream, info, phase).await,
+                    // Boxed: the handshake's state is several KiB, and
+                    // every plain connection's task would be sized for it.
+                    Some(acceptor) => Box::pin(serve_tls(listener, acceptor, stream, info, phase)).await,
                 }
             }
             .instrument(span),
