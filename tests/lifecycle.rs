@@ -397,6 +397,41 @@ async fn the_drain_timeout_cuts_the_connections_still_open() {
     let _ = std::fs::remove_file(log);
 }
 
+/// Pod mode, drained through `/drain`: at the drain timeout an HTTP/2
+/// stream still waiting for the app and an open WebSocket are cut too, and
+/// `/drain` answers once they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_timeout_cuts_http2_streams_and_websockets_too() {
+    use futures_util::StreamExt;
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_DRAIN_DELAY", "500ms").env("OUTRIDER_DRAIN_TIMEOUT", "2s").start().await;
+    wait_status(&proxy.admin_url("/readyz"), 200).await;
+
+    let slow_url = proxy.url("/slow/60000");
+    let slow = tokio::spawn(async move { h2c_client().request(Request::get(slow_url).body(full("")).unwrap()).await.map(|r| r.status()) });
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.listen)).await.unwrap();
+    eventually("the slow HTTP/2 request to reach the app", || {
+        let n = app.count();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+
+    let started = Instant::now();
+    let (status, _, _) = send(&client(), Request::post(proxy.admin_url("/drain")).body(full("")).unwrap()).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= DRAIN_TIMEOUT, "/drain answered after {:?}, before the drain timeout", started.elapsed());
+
+    let slow = tokio::time::timeout(PATIENCE, slow).await.expect("the HTTP/2 stream outlived the cut").unwrap();
+    assert!(slow.is_err(), "the HTTP/2 stream got an answer instead of a cut: {slow:?}");
+    let next = tokio::time::timeout(PATIENCE, ws.next()).await.expect("the WebSocket outlived the cut");
+    assert!(
+        matches!(next, None | Some(Err(_)) | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))),
+        "the WebSocket is still open: {next:?}"
+    );
+    proxy.wait_log("the cut counted in the log", |l| l.contains("drain timeout reached") && l.contains(r#""remaining":2"#)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_skips_the_drain() {
     let port = free_port();
