@@ -349,7 +349,7 @@ async fn native_sidecar_stop_sequence_loses_nothing() {
     let report = load.finish().await;
 
     eprintln!("native sidecar stop: {}; pod stopped {took:.1?} after deletion (grace {GRACE:?})", describe(&report));
-    assert!(report.failures.is_empty(), "{}: {:?}", describe(&report), report.failures);
+    assert!(report.failures.is_empty(), "{}: {:?}", describe(&report), &report.failures[..report.failures.len().min(10)]);
     assert!(report.ok >= 20);
     assert_eq!(app_code, 0, "the app did not exit cleanly:\n{}", podman::logs(&app).await);
     assert_eq!(outrider_code, 0, "outrider did not exit cleanly:\n{}", podman::logs(&outrider).await);
@@ -394,15 +394,23 @@ async fn classic_sidecar_order_answers_at_once_when_the_app_is_gone() {
     assert_eq!(outrider_code, 0, "{}", podman::logs(&outrider).await);
     // The premise: the app vanished while traffic still came.
     assert!(!report.failures.is_empty(), "no request arrived after the app was gone");
-    let slowest = report.failures.iter().map(|f| f.took).max().unwrap_or_default();
+    let slowest = report.failures.iter().max_by_key(|f| f.took).expect("failures");
     assert!(
-        slowest < BUFFER_TIMEOUT / 3,
-        "a request was held {slowest:?} for an app that was gone (buffer timeout {BUFFER_TIMEOUT:?}): {:?}",
-        report.failures
+        slowest.took < BUFFER_TIMEOUT / 3,
+        "a request was held {:?} for an app that was gone (buffer timeout {BUFFER_TIMEOUT:?}): {slowest:?}",
+        slowest.took
     );
-    // Each was answered with a status (502 for requests the app took down
-    // with it, 503 for those that found it gone), not left hanging.
-    assert!(report.failures.iter().all(|f| matches!(f.status, Some(502 | 503))), "{:?}", report.failures);
+    // Each got an answer: 503 if it found the app gone, 502 if the app
+    // died with it before answering, or a cut body if the app died in the
+    // middle of its answer (the head was already on its way). None was
+    // left hanging or refused.
+    let unexpected: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| !matches!(f.status, Some(502 | 503)) && !f.what.starts_with("error reading a body"))
+        .take(10)
+        .collect();
+    assert!(unexpected.is_empty(), "{}: {unexpected:?}", describe(&report));
     assert!(outrider_took < GRACE / 2, "outrider took {outrider_took:?} to stop");
 }
 
@@ -584,5 +592,5 @@ async fn rolling_restart_loses_requests_only_without_outrider() {
     eprintln!("rolling restart, behind outrider: {} ({:.1?})", describe(&behind), started.elapsed() - bare_took);
     // The premise: the same rollout does lose requests without outrider.
     assert!(!bare.failures.is_empty(), "the bare app lost nothing: the test shows nothing");
-    assert!(behind.failures.is_empty(), "behind outrider: {}: {:?}", describe(&behind), behind.failures);
+    assert!(behind.failures.is_empty(), "behind outrider: {}: {:?}", describe(&behind), &behind.failures[..behind.failures.len().min(10)]);
 }
