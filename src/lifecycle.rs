@@ -242,7 +242,7 @@ impl Lifecycle {
         // Connections watch the phase; spliced (upgraded) ones the token.
         self.phase.send_replace(Phase::Cut);
         self.handles.cut.cancel();
-        self.connections.close();
+        // Both callers closed the tracker already (the listener is shut).
         if tokio::time::timeout(CUT_GRACE, self.connections.wait()).await.is_err() {
             warn!(remaining = self.connections.len(), "connection tasks still running after the cut");
         }

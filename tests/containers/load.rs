@@ -59,17 +59,6 @@ impl Report {
     }
 }
 
-/// Stops the load from starting new requests (what an endpoint removal
-/// does for a pod); requests in flight go on.
-#[derive(Clone)]
-pub struct Stopper(Arc<AtomicBool>);
-
-impl Stopper {
-    pub fn stop(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
 impl Load {
     /// `workers` workers, worker `i` asking for `paths[i % paths.len()]`.
     pub fn start(target: SocketAddr, paths: &[&'static str], workers: usize) -> Self {
@@ -79,8 +68,15 @@ impl Load {
         Self { stop, stats, workers }
     }
 
-    pub fn stopper(&self) -> Stopper {
-        Stopper(self.stop.clone())
+    /// Stops new requests `lag` from now, as an endpoint removal that takes
+    /// `lag` to reach the load balancer does for a deleted pod; requests in
+    /// flight go on.
+    pub fn stop_after(&self, lag: Duration) -> tokio::task::JoinHandle<()> {
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(lag).await;
+            stop.store(true, Ordering::Release);
+        })
     }
 
     pub fn ok(&self) -> u64 {

@@ -336,11 +336,7 @@ async fn native_sidecar_stop_sequence_loses_nothing() {
 
     // The pod is deleted.
     let started = Instant::now();
-    let endpoints = load.stopper();
-    let removal = tokio::spawn(async move {
-        tokio::time::sleep(ENDPOINT_LAG).await;
-        endpoints.stop();
-    });
+    let removal = load.stop_after(ENDPOINT_LAG);
     assert_eq!(pre_stop_drain(ip, Some(&TOKEN)).await, 200, "preStop /drain");
     let (app_code, _) = podman::stop(&app, GRACE.saturating_sub(started.elapsed())).await;
     let (outrider_code, _) = podman::stop(&outrider, GRACE.saturating_sub(started.elapsed())).await;
@@ -380,11 +376,7 @@ async fn classic_sidecar_order_answers_at_once_when_the_app_is_gone() {
     let load = Load::start(SocketAddr::new(ip, 8080), &PATHS, WORKERS);
     load.until_ok(20).await;
 
-    let endpoints = load.stopper();
-    let removal = tokio::spawn(async move {
-        tokio::time::sleep(ENDPOINT_LAG).await;
-        endpoints.stop();
-    });
+    let removal = load.stop_after(ENDPOINT_LAG);
     let ((app_code, _), (outrider_code, outrider_took)) = tokio::join!(podman::stop(&app, GRACE), podman::stop(&outrider, GRACE));
     removal.await.expect("endpoint removal");
     let report = load.finish().await;
