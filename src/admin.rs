@@ -32,21 +32,22 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{health::Health, server::Phase, telemetry::metrics::Metrics};
+use crate::{
+    drain::{Phase, Trigger, Watch},
+    health::Health,
+    telemetry::metrics::Metrics,
+};
 
 /// What the admin routes read and drive.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The proxy listener's phase: anything but `Serve` is not ready.
-    pub phase: watch::Receiver<Phase>,
+    /// The drain: anything but `Serve` is not ready.
+    pub drain: Watch,
     pub health: Health,
-    /// Set to true to ask for a drain.
-    pub drain_request: Arc<watch::Sender<bool>>,
-    /// Becomes true once the drain has finished.
-    pub drained: watch::Receiver<bool>,
+    /// Asks for the drain, and learns when it is done.
+    pub trigger: Trigger,
     /// Bearer token for non-loopback `/drain` callers.
     pub token: Option<Arc<str>>,
     pub metrics: &'static Metrics,
@@ -104,7 +105,7 @@ async fn route(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) ->
 }
 
 fn readiness(state: &AdminState, verbose: bool) -> Response<Full<Bytes>> {
-    let phase = *state.phase.borrow();
+    let phase = state.drain.phase();
     let app = state.health.status();
     let draining = phase != Phase::Serve;
     let ready = app.healthy && !draining;
@@ -131,7 +132,7 @@ fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     // Gauges that mirror state owned elsewhere are set at scrape time.
     let m = state.metrics;
     m.app_ready.set(i64::from(state.health.is_healthy()));
-    m.draining.set(i64::from(*state.phase.borrow() != Phase::Serve));
+    m.draining.set(i64::from(state.drain.phase() != Phase::Serve));
     m.buffered_requests.set(i64::try_from(state.held.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     let mut response = respond(StatusCode::OK, Bytes::from(m.encode()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -146,13 +147,11 @@ async fn drain(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) ->
         warn!(%peer, "refused /drain: not loopback and no valid admin token");
         return text(StatusCode::FORBIDDEN, "forbidden: /drain needs a loopback caller or the admin token\n");
     }
-    if !*state.drain_request.borrow() {
+    if state.trigger.request() {
         info!(%peer, "drain requested through the admin endpoint");
-        state.drain_request.send_replace(true);
     }
-    let mut drained = state.drained.clone();
-    // The process may exit first, dropping the sender: the drain is over then too.
-    let _ = drained.wait_for(|d| *d).await;
+    // Resolves when the process exits first, too: the drain is over then.
+    state.trigger.clone().drained().await;
     text(StatusCode::OK, "drained\n")
 }
 

@@ -14,7 +14,9 @@
 //!   app, upgrades, and the mapping of failures to 502/504.
 //! * `admin`: the admin listener (probes; metrics come later).
 //! * `health`: the app's health, from active checks and real traffic.
-//! * `lifecycle`: signals and the shutdown sequence.
+//! * `drain`: the shutdown sequence and the one owner of its state: the
+//!   phase, readiness, the triggers (signals, `/drain`) and the connection
+//!   tracker.
 //! * `supervisor`: the wrapped child process: spawn, signal, reap, exit code.
 //! * `telemetry`: logs, the OpenTelemetry span per request, Prometheus
 //!   metrics, and the tower layer that records all three.
@@ -24,7 +26,7 @@
 //!   of a connection's `select!` that almost never fire.
 //!
 //! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
-//! parameters and know nothing of `config` or `lifecycle`; `run` wires.
+//! parameters and know nothing of `config` or the shutdown sequence; `run` wires.
 
 #![forbid(unsafe_code)]
 
@@ -32,9 +34,9 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod gate;
 pub mod health;
-pub mod lifecycle;
 pub mod proxy;
 pub mod run;
 pub mod server;

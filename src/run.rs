@@ -9,17 +9,16 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::{net::TcpListener, task::JoinSet};
 use tracing::{error, info};
 
 use crate::{
     admin,
     config::{AppHealthCheck, AppProcess, Config, UpstreamAddr, UpstreamProtocol},
     health::{self, Health},
-    lifecycle::{self, App, DrainHandles, DrainPlan, Lifecycle},
+    drain::{self, App, DrainPlan, Phase, Shutdown},
     proxy::{self, Proxy, upstream},
-    server::{self, Phase, ServerOptions},
+    server::{self, ServerOptions},
     supervisor::{self, External, Supervisor},
     telemetry::{
         metrics::{Metrics, MetricsError},
@@ -81,10 +80,6 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     let listen_addr = listener.local_addr().map_err(io("the proxy listener's address".into()))?;
     let admin_addr = admin_listener.local_addr().map_err(io("the admin listener's address".into()))?;
 
-    let (phase_tx, phase) = watch::channel(Phase::Serve);
-    let (drain_request, drain_requested) = watch::channel(false);
-    let (drained_tx, drained) = watch::channel(false);
-    let connections = TaskTracker::new();
     let plan = DrainPlan { delay: config.drain_delay, timeout: config.drain_timeout, app_stop_timeout: config.app_stop_timeout };
 
     // TLS before the app: a bad certificate must not leave it running.
@@ -137,18 +132,13 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
 
     // Signal handlers before the app, so a signal during its start-up is
     // handled rather than fatal.
-    let handles = DrainHandles {
-        draining: CancellationToken::new(),
-        cut: CancellationToken::new(),
-        cut_connections: metrics.drain_cut_connections.clone(),
-    };
     // A background task that dies stops outrider as a second signal would
     // (the drain skipped, the app stopped), and it exits non-zero.
     let (fatal, fatal_signals) = tokio::sync::mpsc::unbounded_channel();
     let fatal_signals = futures_util::stream::unfold(fatal_signals, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
-    let signals = lifecycle::os_signals().map_err(io("cannot install signal handlers".into()))?;
-    let signals: lifecycle::SignalStream = Box::pin(futures_util::stream::select(signals, fatal_signals));
-    let lifecycle = Lifecycle::new(signals, phase_tx, connections.clone(), plan, drain_requested, drained_tx, handles.clone());
+    let signals = drain::os_signals().map_err(io("cannot install signal handlers".into()))?;
+    let signals: drain::SignalStream = Box::pin(futures_util::stream::select(signals, fatal_signals));
+    let (shutdown, drain, trigger) = Shutdown::new(signals, plan, metrics.drain_cut_connections.clone());
 
     let app = if command.is_empty() {
         match &config.app_process {
@@ -174,7 +164,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         tls: upstream_tls,
     };
     let health = Health::new(config.app_health_failures, config.app_health_successes);
-    let connector = upstream::Connector::new(&client_options, health.clone(), handles.draining.clone());
+    let connector = upstream::Connector::new(&client_options, health.clone(), drain.clone());
     let held = connector.held_counter();
     let mut tasks = Supervised::default();
     let checker = connector.clone();
@@ -215,8 +205,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             client_cert_header: config.tls.as_ref().and_then(|t| t.client_cert_header.clone()),
         },
         connector,
-        connections.clone(),
-        handles.cut.clone(),
+        drain.clone(),
     );
     let admin_options = ServerOptions {
         header_read_timeout: config.header_read_timeout,
@@ -237,32 +226,30 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     }
     tasks.spawn(
         "the proxy listener",
-        server::serve("proxy", listener, options, phase.clone(), connections.clone(), move |conn| {
+        server::serve("proxy", listener, options, drain.clone(), move |conn| {
             observer.layer(proxy.service(conn.clone()), conn)
         }),
     );
 
     // The admin listener outlives the drain: probes must keep answering
-    // (with 503) until the process exits. Its phase never leaves `Serve`.
-    let (admin_phase_tx, admin_phase) = watch::channel(Phase::Serve);
+    // (with 503) until the process exits, so it follows no drain.
     let failed = Arc::new(OnceLock::new());
     let admin_state = admin::AdminState {
-        phase: phase.clone(),
+        drain: drain.clone(),
         failed: failed.clone(),
         health,
-        drain_request: std::sync::Arc::new(drain_request),
-        drained,
+        trigger,
         token: config.admin_token.as_deref().map(Into::into),
         metrics,
         held,
     };
     tasks.spawn(
         "the admin listener",
-        server::serve("admin", admin_listener, admin_options, admin_phase, TaskTracker::new(), move |conn| {
+        server::serve("admin", admin_listener, admin_options, drain::Watch::detached(), move |conn| {
             admin::service(admin_state.clone(), conn.remote)
         }),
     );
-    tokio::spawn(tasks.watch(phase, failed.clone(), fatal));
+    tokio::spawn(tasks.watch(drain, failed.clone(), fatal));
 
     info!(
         listen = %listen_addr,
@@ -277,13 +264,12 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         traces = %traces_to,
         "outrider started"
     );
-    let mut code = lifecycle.run(app).await;
+    let mut code = shutdown.run(app).await;
     if failed.get().is_some() {
         code = EX_SOFTWARE;
     }
     // Bounded: a collector that is down must not hold up the exit.
     let _ = tokio::task::spawn_blocking(move || observer.shutdown(std::time::Duration::from_secs(3))).await;
-    drop(admin_phase_tx);
     info!(exit_code = code, "outrider stopped");
     Ok(code)
 }
@@ -305,10 +291,10 @@ impl Supervised {
     /// drain closes it; any other end, or any end while still serving, is a
     /// fault: it is logged, recorded in `failed` (which fails `/livez`),
     /// and stops outrider through `fatal` as a second SIGTERM would.
-    async fn watch(mut self, phase: watch::Receiver<Phase>, failed: Arc<OnceLock<String>>, fatal: tokio::sync::mpsc::UnboundedSender<i32>) {
+    async fn watch(mut self, drain: drain::Watch, failed: Arc<OnceLock<String>>, fatal: tokio::sync::mpsc::UnboundedSender<i32>) {
         while let Some(done) = self.set.join_next_with_id().await {
             let (id, how) = match done {
-                Ok((id, ())) if *phase.borrow() != Phase::Serve => {
+                Ok((id, ())) if drain.phase() != Phase::Serve => {
                     self.names.remove(&id);
                     continue;
                 }
@@ -332,10 +318,11 @@ mod tests {
     use super::*;
 
     async fn watched(tasks: Supervised, phase: Phase) -> (Option<String>, Vec<i32>) {
-        let (_phase_tx, phase) = watch::channel(phase);
+        let (drain, watch) = drain::Manual::new();
+        drain.advance(phase);
         let failed = Arc::new(OnceLock::new());
         let (fatal, mut signals) = tokio::sync::mpsc::unbounded_channel();
-        tasks.watch(phase, failed.clone(), fatal).await;
+        tasks.watch(watch, failed.clone(), fatal).await;
         let mut sent = Vec::new();
         while let Ok(signal) = signals.try_recv() {
             sent.push(signal);

@@ -32,13 +32,13 @@ use http::{
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, warn};
 
 pub use self::error::ProxyError;
 use self::{pool::Lease, upstream::UpstreamClient};
 use crate::{
     body::{Outcome, RequestBody},
+    drain::{Phase, Watch},
     gate::Gated,
     server::ConnInfo,
     telemetry::metrics::Metrics,
@@ -203,10 +203,9 @@ struct Inner {
     request_timeout: Option<Duration>,
     via: bool,
     scheme: &'static str,
-    /// Upgraded (spliced) connections, so a drain can wait for them.
-    tasks: TaskTracker,
-    /// Cancelled at the drain timeout: spliced connections close then.
-    cut: CancellationToken,
+    /// Upgraded (spliced) connections are tracked by the drain, which
+    /// waits for them, and closed at its cut.
+    drain: Watch,
     metrics: Option<&'static Metrics>,
     max_inflight: usize,
     /// Requests in flight; process-lifetime, so guards hold no refcount.
@@ -228,9 +227,9 @@ enum Upstream {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Builds the proxy on `connector`. `tasks` tracks upgraded connections,
-    /// which close when `cut` is cancelled (the drain timeout).
-    pub fn new(options: &ProxyOptions, connector: upstream::Connector, tasks: TaskTracker, cut: CancellationToken) -> Self {
+    /// Builds the proxy on `connector`. Upgraded connections follow `drain`:
+    /// it waits for them, and closes them at its cut.
+    pub fn new(options: &ProxyOptions, connector: upstream::Connector, drain: Watch) -> Self {
         let upstream_authority = match &options.client.target {
             upstream::Target::Tcp(addr) => addr.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
             // The connector ignores the URI for Unix sockets; the authority
@@ -250,8 +249,7 @@ impl Proxy {
                 request_timeout: options.request_timeout,
                 via: options.via,
                 scheme: options.scheme,
-                tasks,
-                cut,
+                drain,
                 metrics: options.metrics,
                 max_inflight: options.max_inflight,
                 inflight: Box::leak(Box::new(AtomicUsize::new(0))),
@@ -403,8 +401,8 @@ async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<Reques
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let cut = inner.cut.clone();
-        inner.tasks.spawn(
+        let mut drain = inner.drain.clone();
+        inner.drain.connections().spawn(
             async move {
                 let (mut client, app) = match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
                     (Ok(client), Ok(app)) => (client, app),
@@ -419,7 +417,7 @@ async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<Reques
                         Err(e) => debug!(error = %e, "upgraded connection ended with error"),
                     },
                     // Both sockets close as the task ends.
-                    () = Gated::new(cut.cancelled()) => debug!("upgraded connection closed at the drain timeout"),
+                    () = Gated::new(drain.reached(Phase::Cut)) => debug!("upgraded connection closed at the drain timeout"),
                 }
             }
             .in_current_span(),

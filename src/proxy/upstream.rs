@@ -25,10 +25,13 @@ use tokio::{
     net::{TcpStream, UnixStream},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{body::RequestBody, health::Health};
+use crate::{
+    body::RequestBody,
+    drain::{Phase, Watch},
+    health::Health,
+};
 
 /// Where and how to reach the app.
 #[derive(Debug, Clone)]
@@ -112,12 +115,12 @@ pub struct Connector {
     /// Set when a held request gave up; until the app is healthy again,
     /// new requests fail at once instead of piling up for the full timeout.
     fail_fast: Arc<AtomicBool>,
-    /// Cancelled when the drain starts. From then on nothing is held, and
-    /// what is held is let go: an app that refuses connections during the
+    /// Followed to the start of the drain. From then on nothing is held,
+    /// and what is held is let go: an app that refuses connections during the
     /// drain has stopped for good (its own SIGTERM came at the same time as
     /// ours, as with a classic sidecar), so waiting for it only turns a
     /// quick 503 into a slow one, and holds the drain open with it.
-    draining: CancellationToken,
+    drain: Watch,
 }
 
 /// Why a connection to the app could not be made.
@@ -163,8 +166,8 @@ impl ConnectError {
 // === impl Connector ===
 
 impl Connector {
-    /// `draining` is cancelled when the drain starts (see the field).
-    pub fn new(options: &ClientOptions, health: Health, draining: CancellationToken) -> Self {
+    /// Holding stops when `drain` starts (see the field).
+    pub fn new(options: &ClientOptions, health: Health, drain: Watch) -> Self {
         Self {
             target: options.target.clone(),
             timeout: options.connect_timeout,
@@ -173,7 +176,7 @@ impl Connector {
             health,
             held: Arc::new(AtomicUsize::new(0)),
             fail_fast: Arc::new(AtomicBool::new(false)),
-            draining,
+            drain,
         }
     }
 
@@ -237,7 +240,7 @@ impl Connector {
             Err(e) => e,
         };
         let Some(buffer) = self.buffer.filter(|_| first.is_refused()) else { return Err(first) };
-        if self.draining.is_cancelled() {
+        if self.drain.is_draining() {
             return Err(ConnectError::Draining);
         }
         if self.fail_fast.load(Ordering::Relaxed) && !self.health.is_healthy() {
@@ -250,6 +253,7 @@ impl Connector {
         let deadline = started + buffer.timeout;
         let mut health = self.health.subscribe();
         let mut backoff = Duration::from_millis(10);
+        let mut drain = self.drain.clone();
         debug!("app refused the connection; holding the request until it accepts");
         loop {
             // Wake on a verdict change (the checker saw the app come up)
@@ -258,7 +262,7 @@ impl Connector {
             tokio::select! {
                 () = wait => {}
                 _ = health.changed() => {}
-                () = self.draining.cancelled() => {
+                () = drain.reached(Phase::Drain) => {
                     debug!(held_for = ?started.elapsed(), "drain started while the app was away; letting the held request go");
                     return Err(ConnectError::Draining);
                 }
@@ -402,7 +406,7 @@ mod tests {
 
     const BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
 
-    fn connector(draining: CancellationToken) -> Connector {
+    fn connector(drain: Watch) -> Connector {
         let options = ClientOptions {
             target: Target::Unix(PathBuf::from("/nonexistent/outrider-test-app.sock")),
             http2: false,
@@ -412,7 +416,7 @@ mod tests {
             buffer: Some(BufferOptions { max: 4, timeout: BUFFER_TIMEOUT }),
             tls: None,
         };
-        Connector::new(&options, Health::new(1, 1), draining)
+        Connector::new(&options, Health::new(1, 1), drain)
     }
 
     /// Waits (in paused time) until `n` requests are held.
@@ -424,7 +428,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_held_request_gives_up_at_the_buffer_timeout() {
-        let connector = connector(CancellationToken::new());
+        let (_drain, watch) = crate::drain::Manual::new();
+        let connector = connector(watch);
         let started = Instant::now();
         let result = connector.connect().await;
         assert!(matches!(result, Err(ConnectError::BufferTimeout { waited }) if waited == BUFFER_TIMEOUT), "{result:?}");
@@ -434,8 +439,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_drain_lets_held_requests_go_at_once() {
-        let draining = CancellationToken::new();
-        let connector = connector(draining.clone());
+        let (drain, watch) = crate::drain::Manual::new();
+        let connector = connector(watch);
         let held = connector.held_counter();
         let started = Instant::now();
         let requests: Vec<_> = (0..3)
@@ -446,7 +451,7 @@ mod tests {
             .collect();
         until_held(&held, 3).await;
         let cancelled_at = started.elapsed();
-        draining.cancel();
+        drain.advance(Phase::Drain);
         for request in requests {
             let result = request.await.expect("connect task panicked");
             assert!(matches!(result, Err(ConnectError::Draining)), "{result:?}");
@@ -459,9 +464,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_held_once_the_drain_started() {
-        let draining = CancellationToken::new();
-        draining.cancel();
-        let connector = connector(draining);
+        let (drain, watch) = crate::drain::Manual::new();
+        drain.advance(Phase::Drain);
+        let connector = connector(watch);
         let started = Instant::now();
         let result = connector.connect().await;
         assert!(matches!(result, Err(ConnectError::Draining)), "{result:?}");

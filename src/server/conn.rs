@@ -26,13 +26,14 @@ use hyper::{
     server::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::{io::AsyncWriteExt, sync::watch, time::Instant};
+use tokio::{io::AsyncWriteExt, time::Instant};
 use tracing::{debug, trace};
 
 use crate::gate::Gated;
 
+use crate::drain::{Phase, Watch};
+
 use super::{
-    Phase, reached,
     service::{ConnService, ConnState, InPlace},
     transport::{Protocol, Rewind, Transport, Upgraded},
 };
@@ -74,7 +75,7 @@ pub(super) struct Listener<'a, M> {
 }
 
 /// Serves one connection to the end.
-pub(super) async fn drive<T, M, S, B>(listener: Listener<'_, M>, mut io: T, info: super::ConnInfo, mut phase: watch::Receiver<Phase>)
+pub(super) async fn drive<T, M, S, B>(listener: Listener<'_, M>, mut io: T, info: super::ConnInfo, mut phase: Watch)
 where
     T: Transport,
     M: Fn(super::ConnInfo) -> S,
@@ -91,7 +92,7 @@ where
     let sniffed = tokio::select! {
         sniffed = io.protocol() => sniffed,
         () = timer.as_mut() => return debug!(timeout = ?listener.head_timeout, "nothing received within the header read timeout; closing"),
-        () = reached(&mut phase, Phase::Close) => return,
+        () = phase.reached(Phase::Close) => return,
     };
     let (protocol, prefix) = match sniffed {
         Ok(Some(sniffed)) => sniffed,
@@ -121,7 +122,7 @@ async fn serve_http2<T, S, B>(
     builder: &http2::Builder<TokioExecutor>,
     io: Rewind<T>,
     service: InPlace<ConnService<S>>,
-    mut phase: watch::Receiver<Phase>,
+    mut phase: Watch,
 ) where
     T: Transport,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -136,7 +137,7 @@ async fn serve_http2<T, S, B>(
         tokio::select! {
             result = conn.as_mut() => break result,
             // After the GOAWAY, the same branch waits for the cut.
-            () = Gated::new(reached(&mut phase, if goaway_sent { Phase::Cut } else { Phase::Drain })) => {
+            () = Gated::new(phase.reached(if goaway_sent { Phase::Cut } else { Phase::Drain })) => {
                 if goaway_sent {
                     return debug!("closed at the drain timeout");
                 }
@@ -160,7 +161,7 @@ async fn serve_http1<T, S, B>(
     mut io: Rewind<T>,
     mut service: InPlace<ConnService<S>>,
     idle: Idle,
-    mut phase: watch::Receiver<Phase>,
+    mut phase: Watch,
     mut timer: Pin<&mut tokio::time::Sleep>,
 ) where
     T: Transport,
@@ -185,7 +186,7 @@ async fn serve_http1<T, S, B>(
                 result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
                 // Drain, then Close, then the cut: one branch, polled only
                 // when the phase moves.
-                () = Gated::new(reached(&mut phase, if closing { Phase::Cut } else if drain { Phase::Close } else { Phase::Drain })) => {
+                () = Gated::new(phase.reached(if closing { Phase::Cut } else if drain { Phase::Close } else { Phase::Drain })) => {
                     if closing {
                         // Dropping the connection closes its socket.
                         return debug!("closed at the drain timeout");
@@ -238,7 +239,7 @@ async fn serve_http1<T, S, B>(
             tokio::select! {
                 readable = io.get_ref().readable() => if readable.is_err() { return },
                 () = timer.as_mut() => return debug!(timeout = ?idle.head_timeout, "idle keep-alive connection timed out; closing"),
-                () = reached(&mut phase, Phase::Close) => return,
+                () = phase.reached(Phase::Close) => return,
             }
         }
     }
@@ -298,10 +299,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_gated_future_completes_when_its_own_waker_fires() {
-        let (tx, mut rx) = watch::channel(Phase::Serve);
+        let (tx, mut rx) = tokio::sync::watch::channel(Phase::Serve);
         let (other_tx, mut other_rx) = tokio::sync::mpsc::channel::<()>(1);
         let waiter = tokio::spawn(async move {
-            let mut gated = std::pin::pin!(Gated::new(reached(&mut rx, Phase::Drain)));
+            let mut gated = std::pin::pin!(Gated::new(async {
+                let _ = rx.wait_for(|p| *p >= Phase::Drain).await;
+            }));
             // Woken by something else first: the gate stays shut.
             loop {
                 tokio::select! {

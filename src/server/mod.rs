@@ -1,5 +1,5 @@
-//! Accepts connections and serves them with hyper, following a [`Phase`]
-//! signal so that the caller can drain them in steps.
+//! Accepts connections and serves them with hyper, following the drain's
+//! [`Phase`] so that the shutdown sequence can drain them in steps.
 //!
 //! Each connection drains itself (see [`conn`]): HTTP/2 connections get a
 //! GOAWAY, HTTP/1.1 ones a `Connection: close` on their next response, and
@@ -19,10 +19,7 @@ use std::{
     convert::Infallible,
     io,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,27 +29,11 @@ use hyper::{
     server::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, watch},
-};
-use tokio_util::task::TaskTracker;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use conn::{Listener, Protocols};
-
-/// Where the process is in its shutdown sequence. Only moves forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Normal operation.
-    Serve,
-    /// Keep accepting, but close each connection after its current request.
-    Drain,
-    /// Stop accepting; open connections finish what they have in flight.
-    Close,
-    /// The drain timeout: every connection still open is closed now.
-    Cut,
-}
+use crate::drain::{Phase, Watch};
 
 /// What a connection's service learns about the connection.
 #[derive(Debug, Clone)]
@@ -80,7 +61,7 @@ pub struct ServerOptions {
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
-/// task per connection on `tracker` so the caller can wait for them. At
+/// task per connection on the drain's tracker so the drain can wait for them. At
 /// [`Phase::Cut`] (the drain timeout) every connection still open is closed
 /// at once: HTTP/1 and HTTP/2 alike lose their socket, and their in-flight
 /// requests with it.
@@ -92,8 +73,7 @@ pub async fn serve<M, S, B>(
     name: &'static str,
     listener: TcpListener,
     options: ServerOptions,
-    mut phase: watch::Receiver<Phase>,
-    tracker: TaskTracker,
+    drain: Watch,
     make_service: M,
 ) where
     M: Fn(ConnInfo) -> S + Send + Sync + 'static,
@@ -105,14 +85,9 @@ pub async fn serve<M, S, B>(
 {
     let protocols = Arc::new(build(&options));
     let make_service = Arc::new(make_service);
-    // Read once per request by every connection: a process-lifetime flag,
-    // leaked so that requests need no reference count to reach it.
-    let draining: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
-    let mut watch_phase = phase.clone();
-    tokio::spawn(async move {
-        reached(&mut watch_phase, Phase::Drain).await;
-        draining.store(true, Ordering::Relaxed);
-    });
+    // Read once per request by every HTTP/1 connection.
+    let draining = drain.draining_flag();
+    let mut phase = drain.clone();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -120,7 +95,7 @@ pub async fn serve<M, S, B>(
         // connections in the backlog until a slot frees up.
         let slot = tokio::select! {
             biased;
-            () = reached(&mut phase, Phase::Close) => break,
+            () = phase.reached(Phase::Close) => break,
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => break,
@@ -128,7 +103,7 @@ pub async fn serve<M, S, B>(
         };
         let accepted = tokio::select! {
             biased;
-            () = reached(&mut phase, Phase::Close) => break,
+            () = phase.reached(Phase::Close) => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, remote) = match accepted {
@@ -154,14 +129,14 @@ pub async fn serve<M, S, B>(
         });
         let local = stream.local_addr().unwrap_or(remote);
         let protocols = protocols.clone();
-        let phase = phase.clone();
+        let phase = drain.clone();
         let make_service = make_service.clone();
         let tls = options.tls.clone();
         let handshake_timeout = options.header_read_timeout;
         // Debug level: a span is entered and left on every poll of the
         // connection, which costs more than it tells at the default level.
         let span = debug_span!("conn", listener = name, peer = %remote);
-        tracker.spawn(
+        drain.connections().spawn(
             async move {
                 let _slot = slot;
                 let _open = open;
@@ -185,7 +160,7 @@ async fn serve_tls<M, S, B>(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     info: ConnInfo,
-    phase: watch::Receiver<Phase>,
+    phase: Watch,
 ) where
     M: Fn(ConnInfo) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
@@ -205,12 +180,6 @@ async fn serve_tls<M, S, B>(
     let info = ConnInfo { client_subject, ..info };
     // Boxed once more: a parked connection keeps only the stream.
     conn::drive(listener, Box::new(stream), info, phase).await;
-}
-
-/// Resolves once the phase is at least `target`. If the sender is gone the
-/// process is exiting: treat that as reached.
-pub(crate) async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
-    let _ = phase.wait_for(|p| *p >= target).await;
 }
 
 fn build(options: &ServerOptions) -> Protocols {

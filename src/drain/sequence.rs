@@ -1,11 +1,12 @@
-//! Signals and the shutdown sequence.
+//! The shutdown sequence.
 //!
 //! * SIGTERM (Kubernetes' way to start a graceful shutdown), SIGINT, and a
-//!   call to the admin `/drain` endpoint start the drain: readiness fails at once; for `drain_delay` new
-//!   connections are still accepted (endpoint removal is still propagating)
-//!   but served without keep-alive; then the listener closes and in-flight
-//!   requests may finish until `drain_timeout` after the signal. Only then does the app
-//!   get SIGTERM, and SIGKILL after `app_stop_timeout`.
+//!   call to the admin `/drain` endpoint start the drain: readiness fails at
+//!   once; for `drain_delay` new connections are still accepted (endpoint
+//!   removal is still propagating) but served without keep-alive; then the
+//!   listener closes and in-flight requests may finish until
+//!   `drain_timeout` after the signal. What is still open then is cut. Only
+//!   then does the app get SIGTERM, and SIGKILL after `app_stop_timeout`.
 //! * A second SIGTERM/SIGINT skips whatever wait is running and stops now.
 //! * SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH go to the app as they are.
 //! * The app exiting on its own ends outrider with the app's exit code.
@@ -22,13 +23,10 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook_tokio::Signals;
 use tokio::sync::watch;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
-use crate::{
-    server::Phase,
-    supervisor::{External, Supervisor},
-};
+use super::{Drain, Phase, Trigger, Watch};
+use crate::supervisor::{External, Supervisor};
 
 /// The app whose stop the drain ends with.
 pub enum App {
@@ -60,34 +58,20 @@ pub struct DrainPlan {
     pub app_stop_timeout: Duration,
 }
 
-/// Everything the shutdown sequence drives.
-pub struct Lifecycle {
+/// The shutdown sequence: the only writer of the phase, the readiness
+/// flip, the connection tracker's closing and the `/drain` answer.
+pub struct Shutdown {
     /// The OS signals outrider handles, as raw numbers; a plain stream, so
     /// tests drive the sequence without real signals.
     signals: SignalStream,
-    phase: watch::Sender<Phase>,
-    connections: TaskTracker,
+    drain: Drain,
     plan: DrainPlan,
     /// Becomes true when `/drain` is called.
     drain_request: watch::Receiver<bool>,
     /// Set once in-flight requests are done, to answer `/drain`.
     drained: watch::Sender<bool>,
-    /// What the drain tells the request path.
-    handles: DrainHandles,
-}
-
-/// What the shutdown sequence signals to the rest of the process, besides
-/// the phase.
-#[derive(Clone)]
-pub struct DrainHandles {
-    /// Cancelled when the drain starts: requests stop waiting for an app
-    /// that is away.
-    pub draining: CancellationToken,
-    /// Cancelled at the drain timeout (or a second signal), with the phase
-    /// moving to `Cut`: upgraded (spliced) connections still open close.
-    pub cut: CancellationToken,
-    /// Counts the connections closed that way.
-    pub cut_connections: prometheus::IntCounter,
+    /// Connections closed by the cut (`outrider_drain_cut_connections_total`).
+    cut_connections: prometheus::IntCounter,
 }
 
 /// How long connection tasks get to end once cut: they only drop their
@@ -114,17 +98,16 @@ pub fn os_signals() -> io::Result<SignalStream> {
     Ok(Box::pin(Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?))
 }
 
-impl Lifecycle {
-    pub fn new(
-        signals: SignalStream,
-        phase: watch::Sender<Phase>,
-        connections: TaskTracker,
-        plan: DrainPlan,
-        drain_request: watch::Receiver<bool>,
-        drained: watch::Sender<bool>,
-        handles: DrainHandles,
-    ) -> Self {
-        Self { signals, phase, connections, plan, drain_request, drained, handles }
+impl Shutdown {
+    /// The sequence, and the two handles on it the rest of the process
+    /// gets: the [`Watch`] every listener, connection and tunnel follows,
+    /// and the [`Trigger`] behind `/drain`.
+    pub fn new(signals: SignalStream, plan: DrainPlan, cut_connections: prometheus::IntCounter) -> (Self, Watch, Trigger) {
+        let (drain, watch) = Drain::new();
+        let (request, drain_request) = watch::channel(false);
+        let (drained, drained_rx) = watch::channel(false);
+        let trigger = Trigger { request: std::sync::Arc::new(request), drained: drained_rx };
+        (Self { signals, drain, plan, drain_request, drained, cut_connections }, watch, trigger)
     }
 
     /// Runs until outrider should exit, and returns the exit code: the
@@ -160,8 +143,7 @@ impl Lifecycle {
             "drain started: readiness now fails; accepting new connections for drain_delay, \
              then waiting for in-flight requests, then stopping the app"
         );
-        self.phase.send_replace(Phase::Drain);
-        self.handles.draining.cancel();
+        self.drain.advance(Phase::Drain);
         let deadline = tokio::time::Instant::now() + plan.timeout;
 
         // 1. Endpoint removal is propagating: keep serving.
@@ -171,9 +153,8 @@ impl Lifecycle {
         }
 
         // 2. Stop accepting; let in-flight requests finish.
-        self.phase.send_replace(Phase::Close);
-        self.connections.close();
-        let connections = self.connections.clone();
+        self.drain.advance(Phase::Close);
+        let connections = self.drain.connections.clone();
         let drained = tokio::time::timeout_at(deadline, connections.wait());
         match self.wait(child, drained).await {
             Waited::Done(Ok(())) => info!("all connections drained"),
@@ -234,24 +215,22 @@ impl Lifecycle {
     /// Closes every connection still open, and waits (briefly) for their
     /// tasks to end, so the app is stopped only after they are gone.
     async fn cut(&mut self, why: &'static str) {
-        let remaining = self.connections.len();
+        let connections = self.drain.connections.clone();
+        let remaining = connections.len();
         if remaining > 0 {
             warn!(remaining, "{why}");
-            self.handles.cut_connections.inc_by(remaining as u64);
+            self.cut_connections.inc_by(remaining as u64);
         }
-        // Connections watch the phase; spliced (upgraded) ones the token.
-        self.phase.send_replace(Phase::Cut);
-        self.handles.cut.cancel();
+        // Connections and tunnels watch the phase.
+        self.drain.advance(Phase::Cut);
         // Both callers closed the tracker already (the listener is shut).
-        if tokio::time::timeout(CUT_GRACE, self.connections.wait()).await.is_err() {
-            warn!(remaining = self.connections.len(), "connection tasks still running after the cut");
+        if tokio::time::timeout(CUT_GRACE, connections.wait()).await.is_err() {
+            warn!(remaining = connections.len(), "connection tasks still running after the cut");
         }
     }
 
     fn close_now(&self) {
-        self.phase.send_replace(Phase::Close);
-        self.handles.draining.cancel();
-        self.connections.close();
+        self.drain.advance(Phase::Close);
     }
 
     /// SIGTERM, then SIGKILL after the stop timeout (or a further signal).
@@ -308,55 +287,48 @@ mod tests {
     const STUCK: Duration = Duration::from_secs(24 * 3600);
 
     async fn finishes(run: JoinHandle<i32>) -> i32 {
-        tokio::time::timeout(STUCK, run).await.expect("the lifecycle never ended").expect("the lifecycle panicked")
+        tokio::time::timeout(STUCK, run).await.expect("the sequence never ended").expect("the sequence panicked")
     }
 
     struct Harness {
         signals: tokio::sync::mpsc::UnboundedSender<i32>,
-        phase: watch::Receiver<Phase>,
-        drain_request: watch::Sender<bool>,
-        drained: watch::Receiver<bool>,
-        handles: DrainHandles,
-        connections: TaskTracker,
+        watch: Watch,
+        trigger: Trigger,
+        cut_connections: prometheus::IntCounter,
         run: JoinHandle<i32>,
     }
 
     fn start() -> Harness {
         let (signals, rx) = tokio::sync::mpsc::unbounded_channel();
         let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|signal| (signal, rx)) });
-        let (phase_tx, phase) = watch::channel(Phase::Serve);
-        let (drain_request, drain_requested) = watch::channel(false);
-        let (drained_tx, drained) = watch::channel(false);
-        let handles = DrainHandles {
-            draining: CancellationToken::new(),
-            cut: CancellationToken::new(),
-            cut_connections: prometheus::IntCounter::new("cut", "cut").expect("a valid counter"),
-        };
-        let connections = TaskTracker::new();
-        let lifecycle = Lifecycle::new(Box::pin(stream), phase_tx, connections.clone(), PLAN, drain_requested, drained_tx, handles.clone());
-        let run = tokio::spawn(lifecycle.run(App::None));
-        Harness { signals, phase, drain_request, drained, handles, connections, run }
+        let cut_connections = prometheus::IntCounter::new("cut", "cut").expect("a valid counter");
+        let (shutdown, watch, trigger) = Shutdown::new(Box::pin(stream), PLAN, cut_connections.clone());
+        let run = tokio::spawn(shutdown.run(App::None));
+        Harness { signals, watch, trigger, cut_connections, run }
     }
 
     impl Harness {
         fn signal(&self, signal: i32) {
-            self.signals.send(signal).expect("the lifecycle is running");
+            self.signals.send(signal).expect("the sequence is running");
         }
 
         /// A connection busy for `busy`, then done.
         fn connection_busy_for(&self, busy: Duration) {
-            self.connections.spawn(tokio::time::sleep(busy));
+            self.watch.connections().spawn(tokio::time::sleep(busy));
         }
 
         /// A connection that ends only when it is cut.
         fn connection_never_done(&self) {
-            let cut = self.handles.cut.clone();
-            self.connections.spawn(async move { cut.cancelled().await });
+            let mut watch = self.watch.clone();
+            self.watch.connections().spawn(async move { watch.reached(Phase::Cut).await });
         }
 
         async fn phase_reaches(&mut self, phase: Phase) {
-            let reached = self.phase.wait_for(|p| *p >= phase);
-            tokio::time::timeout(STUCK, reached).await.expect("the phase never came").expect("the lifecycle holds the phase");
+            tokio::time::timeout(STUCK, self.watch.reached(phase)).await.expect("the phase never came");
+        }
+
+        async fn drained(&mut self) {
+            tokio::time::timeout(STUCK, self.trigger.drained()).await.expect("never drained");
         }
     }
 
@@ -368,13 +340,13 @@ mod tests {
         h.signal(SIGTERM);
         h.phase_reaches(Phase::Drain).await;
         assert_eq!(t0.elapsed(), Duration::ZERO, "readiness must fail at once");
-        assert!(h.handles.draining.is_cancelled(), "held requests must be let go at the start of the drain");
+        assert!(h.watch.is_draining(), "held requests must be let go at the start of the drain");
         h.phase_reaches(Phase::Close).await;
         assert_eq!(t0.elapsed(), PLAN.delay, "the listener closes after the drain delay");
         assert_eq!(finishes(h.run).await, 0);
         assert_eq!(t0.elapsed(), Duration::from_secs(8), "the drain ends when the last connection does");
-        assert!(!h.handles.cut.is_cancelled());
-        assert_eq!(h.handles.cut_connections.get(), 0);
+        assert_eq!(h.watch.phase(), Phase::Close, "nothing was cut");
+        assert_eq!(h.cut_connections.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -387,9 +359,9 @@ mod tests {
         h.signal(SIGTERM);
         assert_eq!(finishes(h.run).await, 0);
         assert_eq!(t0.elapsed(), PLAN.timeout, "the cut comes at the drain timeout, counted from the signal");
-        assert!(h.handles.cut.is_cancelled());
-        assert_eq!(h.handles.cut_connections.get(), 2, "the two connections still open were cut");
-        assert!(h.connections.is_empty(), "run returned before the cut connections ended");
+        assert_eq!(h.watch.phase(), Phase::Cut);
+        assert_eq!(h.cut_connections.get(), 2, "the two connections still open were cut");
+        assert!(h.watch.connections().is_empty(), "run returned before the cut connections ended");
     }
 
     #[tokio::test(start_paused = true)]
@@ -403,8 +375,8 @@ mod tests {
         h.signal(SIGINT);
         assert_eq!(finishes(h.run).await, 0);
         assert_eq!(t0.elapsed(), Duration::from_secs(1), "the second signal must not wait for the delay or the timeout");
-        assert!(h.handles.cut.is_cancelled());
-        assert_eq!(h.handles.cut_connections.get(), 1);
+        assert_eq!(h.watch.phase(), Phase::Cut);
+        assert_eq!(h.cut_connections.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -412,10 +384,10 @@ mod tests {
         let mut h = start();
         h.connection_busy_for(Duration::from_secs(2));
         let t0 = Instant::now();
-        h.drain_request.send_replace(true);
-        tokio::time::timeout(STUCK, h.drained.wait_for(|d| *d)).await.expect("never drained").expect("drained");
+        assert!(h.trigger.request(), "the first call asks");
+        h.drained().await;
         assert_eq!(t0.elapsed(), PLAN.delay, "/drain answers once the delay passed and the connections are done");
-        assert_eq!(*h.phase.borrow(), Phase::Close);
+        assert_eq!(h.watch.phase(), Phase::Close);
         // A native sidecar that exited would be restarted: it waits for its
         // own SIGTERM, however long that takes.
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -426,13 +398,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_endpoint_joins_a_drain_a_signal_started() {
-        let h = start();
+        let mut h = start();
         let t0 = Instant::now();
         h.signal(SIGTERM);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        h.drain_request.send_replace(true);
-        let mut drained = h.drained.clone();
-        tokio::time::timeout(STUCK, drained.wait_for(|d| *d)).await.expect("never drained").expect("drained");
+        h.trigger.request();
+        h.drained().await;
         assert_eq!(t0.elapsed(), PLAN.delay, "the /drain call must not restart the delay");
         assert_eq!(finishes(h.run).await, 0);
         assert_eq!(t0.elapsed(), PLAN.delay, "a signal-started drain exits once drained");
