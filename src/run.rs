@@ -17,7 +17,11 @@ use crate::{
     config::{AppHealthCheck, AppProcess, Config, UpstreamAddr, UpstreamProtocol},
     health::{self, Health},
     drain::{self, App, DrainPlan, Phase, Shutdown},
-    proxy::{self, Proxy, upstream},
+    proxy::{
+        self, ClientOptions, Proxy,
+        connect::{Connect, Target, UpstreamTls},
+        hold::{BufferOptions, Hold},
+    },
     server::{self, ServerOptions},
     supervisor::{self, External, Supervisor},
     telemetry::{
@@ -97,7 +101,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     };
 
     let upstream_tls = match (&config.upstream, &config.upstream_ca) {
-        (UpstreamAddr::Tcp { authority, .. }, Some(ca)) => Some(upstream::UpstreamTls {
+        (UpstreamAddr::Tcp { authority, .. }, Some(ca)) => Some(UpstreamTls {
             connector: crate::tls::client_connector(ca, config.upstream_protocol == UpstreamProtocol::Http2)
                 .map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")))?,
             server_name: rustls_pki_types::ServerName::try_from(authority.host().to_owned())
@@ -151,30 +155,33 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         App::Child(Supervisor::spawn(&command)?)
     };
 
-    let client_options = upstream::ClientOptions {
+    let client_options = ClientOptions {
         target: match &config.upstream {
-            UpstreamAddr::Tcp { authority, .. } => upstream::Target::Tcp(authority.as_str().into()),
-            UpstreamAddr::Unix(path) => upstream::Target::Unix(path.clone()),
+            UpstreamAddr::Tcp { authority, .. } => Target::Tcp(authority.as_str().into()),
+            UpstreamAddr::Unix(path) => Target::Unix(path.clone()),
         },
         http2: config.upstream_protocol == UpstreamProtocol::Http2,
         connect_timeout: config.upstream_connect_timeout,
         pool_idle_timeout: config.upstream_pool_idle_timeout,
         pool_max_idle: config.upstream_pool_max_idle,
-        buffer: config.buffer.map(|(max, timeout)| upstream::BufferOptions { max, timeout }),
+        buffer: config.buffer.map(|(max, timeout)| BufferOptions { max, timeout }),
         tls: upstream_tls,
     };
     let health = Health::new(config.app_health_failures, config.app_health_successes);
-    let connector = upstream::Connector::new(&client_options, health.clone(), drain.clone());
-    let held = connector.held_counter();
+    let connect = Connect::new(client_options.target.clone(), client_options.connect_timeout, client_options.tls.clone());
+    let hold = Hold::new(connect.clone(), client_options.buffer, health.clone(), drain.clone());
+    let held = hold.held_counter();
     let mut tasks = Supervised::default();
-    let checker = connector.clone();
+    // The active check connects as requests do, but straight: it reports
+    // its own verdict, where the hold layer reports real traffic's.
+    let checker = connect;
     tasks.spawn(
         "the app health check",
         health::run_checks(
             health.clone(),
             move || {
                 let checker = checker.clone();
-                async move { checker.connect_once().await.map_err(|e| e.short()) }
+                async move { checker.connect().await.map_err(|e| e.short()) }
             },
             match &config.upstream {
                 UpstreamAddr::Tcp { authority, .. } => authority.to_string(),
@@ -199,12 +206,11 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             request_timeout: config.request_timeout,
             via: config.via,
             scheme: if config.tls.is_some() { "https" } else { "http" },
-            metrics: Some(metrics),
             max_inflight: config.max_inflight,
             max_body_bytes: config.max_body_bytes,
             client_cert_header: config.tls.as_ref().and_then(|t| t.client_cert_header.clone()),
         },
-        connector,
+        hold,
         drain.clone(),
     );
     let admin_options = ServerOptions {

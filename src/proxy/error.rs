@@ -7,8 +7,17 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::upstream::ConnectError;
-use crate::body::BodyTooLarge;
+use super::{
+    connect::ConnectError,
+    hold::HoldError,
+};
+
+/// The request body grew past `OUTRIDER_MAX_BODY_BYTES`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
 
 /// Why a request could not be proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +61,14 @@ impl ProxyError {
         }
         let mut source = Some(err);
         while let Some(e) = source {
-            if let Some(c) = e.downcast_ref::<ConnectError>() {
-                return Some(match c {
-                    ConnectError::Timeout { .. } => Self::ConnectTimeout,
-                    ConnectError::Io { .. } => Self::ConnectRefused,
-                    ConnectError::BufferFull { .. } | ConnectError::BufferTimeout { .. } | ConnectError::Draining => Self::Unavailable,
+            if let Some(h) = e.downcast_ref::<HoldError>() {
+                return Some(match h {
+                    HoldError::Connect(c) => Self::connect(c),
+                    HoldError::BufferFull { .. } | HoldError::BufferTimeout { .. } | HoldError::Draining => Self::Unavailable,
                 });
+            }
+            if let Some(c) = e.downcast_ref::<ConnectError>() {
+                return Some(Self::connect(c));
             }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
                 if h.is_user() || h.is_body_write_aborted() {
@@ -84,6 +95,13 @@ impl ProxyError {
             source = e.source();
         }
         None
+    }
+
+    fn connect(e: &ConnectError) -> Self {
+        match e {
+            ConnectError::Timeout { .. } => Self::ConnectTimeout,
+            ConnectError::Io { .. } => Self::ConnectRefused,
+        }
     }
 
     /// The status the client receives.

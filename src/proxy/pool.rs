@@ -30,8 +30,12 @@ use hyper::{
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::upstream::{ConnectError, Connector, UpstreamIo};
-use crate::body::RequestBody;
+use super::{
+    connect::UpstreamIo,
+    error::ProxyError,
+    hold::{Hold, HoldError},
+    limits::UpstreamBody as RequestBody,
+};
 
 type Driver = Connection<UpstreamIo, RequestBody>;
 
@@ -46,7 +50,7 @@ const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error(transparent)]
-    Connect(#[from] ConnectError),
+    Connect(#[from] HoldError),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -57,7 +61,7 @@ pub struct Pool {
     state: Mutex<State>,
     max_idle: usize,
     idle_timeout: Duration,
-    connector: Connector,
+    connector: Hold,
     builder: Builder,
 }
 
@@ -121,7 +125,7 @@ impl Conn {
 impl Pool {
     /// A pool on `connector`. Leaked: it lives as long as the process, and
     /// requests then reach it without a reference count.
-    pub fn new(connector: Connector, max_idle: usize, idle_timeout: Duration) -> &'static Self {
+    pub fn new(connector: Hold, max_idle: usize, idle_timeout: Duration) -> &'static Self {
         let mut builder = Builder::new();
         // Request heads are small; one copy into hyper's buffer beats a
         // gather write, as on the client-facing side.
@@ -196,7 +200,7 @@ impl Pool {
                     // Closed or reset before any response: the app shut the
                     // idle connection as the request crossed it.
                     match replay {
-                        Some(copy) if super::ProxyError::classify(&error) == Some(super::ProxyError::Reset) => {
+                        Some(copy) if ProxyError::classify(&error) == Some(ProxyError::Reset) => {
                             debug!(error = %error, "the app closed an idle connection as the request reached it; sending again on a new one");
                             req = copy;
                             fresh_only = true;

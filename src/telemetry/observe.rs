@@ -30,7 +30,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     metrics::{METHODS, Metrics, method_index, version_label},
@@ -240,7 +240,7 @@ impl RequestState {
         observer.metrics.active_requests.dec();
         observer.metrics.response_body_bytes.inc_by(self.bytes_out);
         observer.metrics.record_request(self.method, self.version, self.status, self.route, elapsed.as_secs_f64());
-        let (mut trace_id, mut span_id) = ([0u8; 32], [0u8; 16]);
+        let ids = TraceIds::of(self.span.as_ref());
         if let Some(span) = &mut self.span {
             span.set_attribute(KeyValue::new("http.response.status_code", i64::from(self.status)));
             let error_type = self.error_kind.or(if body_error { Some("response_body_aborted") } else { None });
@@ -255,10 +255,7 @@ impl RequestState {
             if let Some(ms) = self.upstream_ms {
                 span.set_attribute(KeyValue::new("outrider.upstream.duration_ms", ms));
             }
-            let sc = span.span_context();
-            hex_into(&sc.trace_id().to_bytes(), &mut trace_id);
-            hex_into(&sc.span_id().to_bytes(), &mut span_id);
-            if sc.is_sampled() {
+            if span.span_context().is_sampled() {
                 observer.metrics.spans_ended.inc();
             }
             span.end();
@@ -275,10 +272,43 @@ impl RequestState {
                 client = %self.client.ip(),
                 protocol = version_label(self.version),
                 error = self.error_kind,
-                trace_id = std::str::from_utf8(&trace_id).unwrap_or(""),
-                span_id = std::str::from_utf8(&span_id).unwrap_or(""),
+                trace_id = ids.trace_id(),
+                span_id = ids.span_id(),
                 "request"
             );
+        }
+    }
+}
+
+impl RequestState {
+    /// What the request path reported with the response head: the app's
+    /// latency, or outrider's own answer and, for a failed exchange with
+    /// the app, its cause (logged here, where the trace id is known).
+    fn record_outcome(&mut self, outcome: &impl Outcome) {
+        let metrics = self.observer.metrics;
+        let upstream_time = outcome.upstream_time();
+        self.upstream_ms = upstream_time.map(millis);
+        self.error_kind = outcome.error_kind();
+        match (self.error_kind, upstream_time) {
+            (None, Some(time)) => metrics.upstream_duration.observe(time.as_secs_f64()),
+            (Some("overloaded"), _) => metrics.load_shed.inc(),
+            (Some(kind), _) => {
+                let Some(cause) = outcome.upstream_failure() else { return };
+                if let Some(counter) = metrics.upstream_error(kind) {
+                    counter.inc();
+                }
+                let ids = TraceIds::of(self.span.as_ref());
+                warn!(
+                    method = %self.method_name,
+                    error.kind = kind,
+                    error.detail = cause,
+                    status = self.status,
+                    trace_id = ids.trace_id(),
+                    span_id = ids.span_id(),
+                    "upstream request failed"
+                );
+            }
+            (None, None) => {}
         }
     }
 }
@@ -287,6 +317,35 @@ impl Drop for RequestState {
     fn drop(&mut self) {
         // The client went away mid-response; still account for it.
         self.finish(true);
+    }
+}
+
+/// A span's ids in hex, formatted on the stack for a log line; absent from
+/// the line when tracing is off (rather than a string of NUL characters).
+struct TraceIds {
+    trace_id: [u8; 32],
+    span_id: [u8; 16],
+    len: (usize, usize),
+}
+
+impl TraceIds {
+    fn of(span: Option<&Span>) -> Self {
+        let mut ids = Self { trace_id: [0; 32], span_id: [0; 16], len: (0, 0) };
+        if let Some(span) = span {
+            let sc = span.span_context();
+            hex_into(&sc.trace_id().to_bytes(), &mut ids.trace_id);
+            hex_into(&sc.span_id().to_bytes(), &mut ids.span_id);
+            ids.len = (32, 16);
+        }
+        ids
+    }
+
+    fn trace_id(&self) -> Option<&str> {
+        std::str::from_utf8(&self.trace_id[..self.len.0]).ok().filter(|id| !id.is_empty())
+    }
+
+    fn span_id(&self) -> Option<&str> {
+        std::str::from_utf8(&self.span_id[..self.len.1]).ok().filter(|id| !id.is_empty())
     }
 }
 
@@ -394,8 +453,7 @@ where
             return Poll::Pending;
         };
         state.status = response.status().as_u16();
-        state.upstream_ms = response.body().upstream_time().map(millis);
-        state.error_kind = response.body().error_kind();
+        state.record_outcome(response.body());
         if state.observer.options.trace_response {
             if let Some(span) = &state.span {
                 if let Some(v) = traceparent(span.span_context()) {

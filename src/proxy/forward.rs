@@ -1,0 +1,210 @@
+//! Forwards one request to the app: rewrites the head, sends it on the
+//! pool (HTTP/1) or the client (HTTP/2), bounded by the request timeout,
+//! and splices the connections after a `101 Switching Protocols`. The
+//! failures it meets become outrider's own answers, classified.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::{EXPECT, HOST},
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{Instrument, debug};
+
+use super::{
+    body::ProxyBody,
+    client::UpstreamClient,
+    error::ProxyError,
+    headers,
+    limits::UpstreamBody as RequestBody,
+    pool,
+};
+use crate::{
+    drain::{Phase, Watch},
+    gate::Gated,
+};
+
+/// What forwarding needs, built once.
+pub(super) struct Inner {
+    pub(super) upstream: Upstream,
+    /// URI parts of the app, pre-parsed once: cloning them is a refcount.
+    pub(super) upstream_scheme: Scheme,
+    pub(super) upstream_authority: Authority,
+    pub(super) upstream_version: Version,
+    pub(super) request_timeout: Option<Duration>,
+    pub(super) via: bool,
+    pub(super) scheme: &'static str,
+    /// Upgraded (spliced) connections are tracked by the drain, which
+    /// waits for them, and closed at its cut.
+    pub(super) drain: Watch,
+    pub(super) client_cert_header: Option<http::HeaderName>,
+}
+
+/// How requests reach the app.
+pub(super) enum Upstream {
+    /// HTTP/1: each connection is driven by the request using it.
+    Http1(&'static pool::Pool),
+    /// HTTP/2 (prior knowledge or ALPN): hyper-util's client, whose
+    /// connections run as tasks of their own and multiplex requests.
+    /// Boxed: the client is large and this variant the rare one.
+    Http2(Box<UpstreamClient>),
+}
+
+/// What a request needs from its connection, prepared once per connection.
+pub(super) struct Peer {
+    /// This client's `X-Forwarded-For` entry.
+    pub(super) forwarded_for: Option<HeaderValue>,
+    /// Subject of the client's verified certificate (mTLS).
+    pub(super) client_subject: Option<HeaderValue>,
+}
+
+
+pub(super) async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    // Taken before the request is consumed; resolves once the server hands
+    // over the client's connection after our 101 response.
+    let client_upgrade = if upgrade { req.extensions_mut().remove::<crate::server::OnUpgrade>() } else { None };
+
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    // An absolute-form target (and every HTTP/2 request) carries the
+    // authority in the URI; it then wins over any Host header (RFC 9112 §3.2.2).
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(HOST, host);
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(name) = &inner.client_cert_header {
+        parts.headers.remove(name);
+        if let Some(subject) = peer.client_subject.clone() {
+            parts.headers.insert(name.clone(), subject);
+        }
+    }
+    // hyper already answers `100 Continue` when we first read the body, i.e.
+    // once the app connection is up; the app must not answer it again.
+    parts.headers.remove(EXPECT);
+    let host = parts.headers.get(HOST).cloned();
+    headers::add_forwarded(&mut parts.headers, peer.forwarded_for.clone(), inner.scheme, host);
+    if inner.via {
+        headers::add_via(&mut parts.headers, client_version);
+    }
+    // HTTP/1 sends the origin form (`/path?query`), which is what the
+    // client sent in all but the rare absolute-form request; HTTP/2 needs
+    // the scheme and authority for its pseudo-headers.
+    let http2 = matches!(inner.upstream, Upstream::Http2(_));
+    if http2 || parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        if http2 {
+            uri.scheme = Some(inner.upstream_scheme.clone());
+            uri.authority = Some(inner.upstream_authority.clone());
+        }
+        uri.path_and_query = Some(path_and_query);
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(uri) => uri,
+            // Unreachable with parts taken from valid URIs; answer rather than panic.
+            Err(_) => return Ok(ProxyBody::error(ProxyError::Protocol)),
+        };
+    }
+    parts.version = inner.upstream_version;
+    let request = Request::from_parts(parts, body);
+
+    let sent_at = Instant::now();
+    let sent = send(inner, request, upgrade);
+    let result: Result<_, UpstreamFailure> = match inner.request_timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamFailure(ProxyError::Timeout, format!("no response head within {limit:?}"))),
+        },
+        None => sent.await,
+    };
+
+    let upstream_time = sent_at.elapsed();
+    let (mut response, lease) = match result {
+        Ok(exchange) => exchange,
+        // Telemetry logs and counts it, with the request's trace id.
+        Err(UpstreamFailure(error, detail)) => return Ok(ProxyBody::upstream_failure(error, detail)),
+    };
+
+    let app_version = response.version();
+    // The client gets the version it spoke, whatever the app answered with
+    // (an HTTP/1.0 app must not downgrade a keep-alive client).
+    *response.version_mut() = client_version;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(response.headers_mut(), switching && upgrade);
+    if inner.via {
+        headers::add_via(response.headers_mut(), app_version);
+    }
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let mut drain = inner.drain.clone();
+        inner.drain.connections().spawn(
+            async move {
+                let (mut client, app) = match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
+                    (Ok(client), Ok(app)) => (client, app),
+                    (Err(e), _) => return debug!(error = %e, "upgrade did not complete"),
+                    (_, Err(e)) => return debug!(error = %e, "upgrade did not complete"),
+                };
+                let mut app = TokioIo::new(app);
+                tokio::select! {
+                    biased;
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut app) => match copied {
+                        Ok((up, down)) => debug!(bytes_to_app = up, bytes_to_client = down, "upgraded connection closed"),
+                        Err(e) => debug!(error = %e, "upgraded connection ended with error"),
+                    },
+                    // Both sockets close as the task ends.
+                    () = Gated::new(drain.reached(Phase::Cut)) => debug!("upgraded connection closed at the drain timeout"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    Ok(response.map(|body| ProxyBody::streamed(body, lease, upstream_time)))
+}
+
+/// Sends the request on the configured protocol.
+async fn send(
+    inner: &'static Inner,
+    request: Request<RequestBody>,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Option<pool::Lease>), UpstreamFailure> {
+    match &inner.upstream {
+        Upstream::Http1(pool) => pool.send(request, upgrade).await.map_err(|e| match e {
+            // Classified from the inner error itself: `transparent` would
+            // hide it from a walk down the source chain.
+            pool::PoolError::Connect(e) => UpstreamFailure::new(&e, ProxyError::ConnectRefused),
+            pool::PoolError::Http(e) => UpstreamFailure::new(&e, ProxyError::Protocol),
+        }),
+        Upstream::Http2(client) => match client.request(request).await {
+            Ok(response) => Ok((response, None)),
+            Err(e) => Err(UpstreamFailure::new(&e, if e.is_connect() { ProxyError::ConnectRefused } else { ProxyError::Protocol })),
+        },
+    }
+}
+
+/// An upstream failure with its classification and the underlying cause.
+struct UpstreamFailure(ProxyError, String);
+
+impl UpstreamFailure {
+    /// Classifies `e`, falling back to `otherwise` when its chain does not tell.
+    fn new(e: &(dyn std::error::Error + 'static), otherwise: ProxyError) -> Self {
+        let kind = ProxyError::classify(e).unwrap_or(otherwise);
+        // The full chain, for the log line only.
+        let mut detail = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self(kind, detail)
+    }
+}
