@@ -15,8 +15,8 @@ use tracing::{error, info};
 use crate::{
     admin,
     config::{AppHealthCheck, AppProcess, Config, UpstreamAddr, UpstreamProtocol},
-    health::{self, Health},
     drain::{self, App, DrainPlan, Phase, Shutdown},
+    health::{self, Health},
     proxy::{
         self, ClientOptions, Proxy,
         connect::{Connect, Target, UpstreamTls},
@@ -232,9 +232,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     }
     tasks.spawn(
         "the proxy listener",
-        server::serve("proxy", listener, options, drain.clone(), move |conn| {
-            observer.layer(proxy.service(conn.clone()), conn)
-        }),
+        server::serve("proxy", listener, options, drain.clone(), move |conn| observer.layer(proxy.service(conn.clone()), conn)),
     );
 
     // The admin listener outlives the drain: probes must keep answering

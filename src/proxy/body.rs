@@ -160,4 +160,3 @@ impl Outcome for ProxyBody {
         self.failure.as_deref()
     }
 }
-

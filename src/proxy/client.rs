@@ -28,4 +28,3 @@ pub fn client(connector: Hold, idle_timeout: Duration, max_idle: usize) -> Upstr
         .http2_only(true)
         .build(connector)
 }
-

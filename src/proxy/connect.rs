@@ -2,7 +2,14 @@
 //! socket, bounded by the connect timeout. Nothing else: waiting for an
 //! app that is away is the hold layer's job, reusing connections the pool's.
 
-use std::{io, path::PathBuf, pin::Pin, sync::Arc, task::{Context, Poll}, time::Duration};
+use std::{
+    io,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use hyper_util::{
     client::legacy::connect::{Connected, Connection},
@@ -199,4 +206,3 @@ impl hyper::rt::Write for UpstreamIo {
         }
     }
 }
-

@@ -7,10 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::{
-    connect::ConnectError,
-    hold::HoldError,
-};
+use super::{connect::ConnectError, hold::HoldError};
 
 /// The request body grew past `OUTRIDER_MAX_BODY_BYTES`.
 #[derive(Debug, thiserror::Error)]
@@ -160,5 +157,78 @@ impl ProxyError {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Classification walks the source chain and decides by type; every
+    //! kind maps to one status and one label.
+
+    use super::*;
+
+    /// An error that wraps another, as hyper and hyper-util do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Wrapped(#[source] Box<dyn StdError + Send + Sync>);
+
+    fn refused() -> ConnectError {
+        ConnectError::Io { target: "app:1".into(), source: io::Error::from(io::ErrorKind::ConnectionRefused) }
+    }
+
+    #[test]
+    fn connect_failures_are_the_apps_502_or_504() {
+        assert_eq!(ProxyError::classify(&refused()), Some(ProxyError::ConnectRefused));
+        let timeout = ConnectError::Timeout { target: "app:1".into(), timeout: std::time::Duration::from_secs(1) };
+        assert_eq!(ProxyError::classify(&Wrapped(Box::new(timeout))), Some(ProxyError::ConnectTimeout));
+        assert_eq!(ProxyError::classify(&Wrapped(Box::new(HoldError::Connect(refused())))), Some(ProxyError::ConnectRefused));
+    }
+
+    #[test]
+    fn an_app_that_could_not_be_waited_for_is_503() {
+        for e in [HoldError::BufferFull { max: 1 }, HoldError::BufferTimeout { waited: std::time::Duration::ZERO }, HoldError::Draining] {
+            assert_eq!(ProxyError::classify(&Wrapped(Box::new(e))), Some(ProxyError::Unavailable));
+        }
+    }
+
+    #[test]
+    fn the_body_limit_wins_wherever_it_sits_in_the_chain() {
+        // Under an I/O error that would otherwise read as a reset.
+        let deep = Wrapped(Box::new(io::Error::other(Wrapped(Box::new(BodyTooLarge { limit: 4 })))));
+        assert_eq!(ProxyError::classify(&deep), Some(ProxyError::PayloadTooLarge));
+    }
+
+    #[test]
+    fn io_errors_are_a_timeout_or_a_reset_and_the_unknown_is_none() {
+        assert_eq!(ProxyError::classify(&io::Error::from(io::ErrorKind::TimedOut)), Some(ProxyError::Timeout));
+        assert_eq!(ProxyError::classify(&io::Error::from(io::ErrorKind::BrokenPipe)), Some(ProxyError::Reset));
+        assert_eq!(ProxyError::classify(&std::fmt::Error), None);
+    }
+
+    #[test]
+    fn every_kind_has_its_status_and_a_distinct_label() {
+        use ProxyError::*;
+        let all = [
+            ConnectRefused,
+            ConnectTimeout,
+            Timeout,
+            Reset,
+            Protocol,
+            ClientAborted,
+            MethodNotAllowed,
+            Unavailable,
+            Overloaded,
+            PayloadTooLarge,
+        ];
+        let statuses: Vec<u16> = all.iter().map(|e| e.status().as_u16()).collect();
+        assert_eq!(statuses, [502, 504, 504, 502, 502, 400, 405, 503, 503, 413]);
+        for e in all {
+            let response = e.into_response();
+            assert_eq!(response.status(), e.status());
+        }
+        let mut labels: Vec<&str> = all.iter().map(|e| e.kind()).collect();
+        labels.dedup();
+        // The two timeouts share a label on purpose: one alert, one cause.
+        assert_eq!(labels.len(), all.len() - 1);
     }
 }

@@ -18,14 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
-use super::{
-    body::ProxyBody,
-    client::UpstreamClient,
-    error::ProxyError,
-    headers,
-    limits::UpstreamBody as RequestBody,
-    pool,
-};
+use super::{body::ProxyBody, client::UpstreamClient, error::ProxyError, headers, limits::UpstreamBody as RequestBody, pool};
 use crate::{
     drain::{Phase, Watch},
     gate::Gated,
@@ -65,8 +58,11 @@ pub(super) struct Peer {
     pub(super) client_subject: Option<HeaderValue>,
 }
 
-
-pub(super) async fn forward(inner: &'static Inner, peer: Arc<Peer>, mut req: Request<RequestBody>) -> Result<Response<ProxyBody>, Infallible> {
+pub(super) async fn forward(
+    inner: &'static Inner,
+    peer: Arc<Peer>,
+    mut req: Request<RequestBody>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     // Taken before the request is consumed; resolves once the server hands
     // over the client's connection after our 101 response.

@@ -202,11 +202,8 @@ mod tests {
     const BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
 
     fn connector(drain: Watch) -> Hold {
-        let connect = Connect::new(
-            super::super::connect::Target::Unix("/nonexistent/outrider-test-app.sock".into()),
-            Duration::from_secs(1),
-            None,
-        );
+        let connect =
+            Connect::new(super::super::connect::Target::Unix("/nonexistent/outrider-test-app.sock".into()), Duration::from_secs(1), None);
         Hold::new(connect, Some(BufferOptions { max: 4, timeout: BUFFER_TIMEOUT }), Health::new(1, 1), drain)
     }
 

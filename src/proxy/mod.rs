@@ -26,6 +26,8 @@ pub mod headers;
 pub mod hold;
 pub mod limits;
 pub mod pool;
+#[cfg(test)]
+mod tests;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -145,4 +147,3 @@ impl Proxy {
         Limits { inner: forward, bounds: self.bounds }
     }
 }
-

@@ -118,12 +118,8 @@ where
 
 /// HTTP/2: a GOAWAY as soon as the drain starts; the client finishes its
 /// open streams and opens new ones elsewhere, with no race.
-async fn serve_http2<T, S, B>(
-    builder: &http2::Builder<TokioExecutor>,
-    io: Rewind<T>,
-    service: InPlace<ConnService<S>>,
-    mut phase: Watch,
-) where
+async fn serve_http2<T, S, B>(builder: &http2::Builder<TokioExecutor>, io: Rewind<T>, service: InPlace<ConnService<S>>, mut phase: Watch)
+where
     T: Transport,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,

@@ -15,13 +15,7 @@ mod transport;
 
 pub use transport::{NotUpgraded, OnUpgrade, Upgraded};
 
-use std::{
-    convert::Infallible,
-    io,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::{
@@ -32,8 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{Instrument, debug, debug_span, warn};
 
-use conn::{Listener, Protocols};
 use crate::drain::{Phase, Watch};
+use conn::{Listener, Protocols};
 
 /// What a connection's service learns about the connection.
 #[derive(Debug, Clone)]
@@ -69,13 +63,8 @@ pub struct ServerOptions {
 /// `make_service` builds the per-connection service: it is where
 /// connection-scoped facts (the peer address) enter the request path
 /// without a per-request allocation.
-pub async fn serve<M, S, B>(
-    name: &'static str,
-    listener: TcpListener,
-    options: ServerOptions,
-    drain: Watch,
-    make_service: M,
-) where
+pub async fn serve<M, S, B>(name: &'static str, listener: TcpListener, options: ServerOptions, drain: Watch, make_service: M)
+where
     M: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
     S::Future: Send + Unpin + 'static,
