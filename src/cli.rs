@@ -22,21 +22,9 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("
 #[derive(Debug, Parser)]
 #[command(name = "outrider", version = VERSION, about, long_about = None)]
 pub struct Cli {
-    /// Public listener address (OUTRIDER_LISTEN).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// The app: http://host:port or unix:/path (OUTRIDER_UPSTREAM).
-    #[arg(long, value_name = "URL")]
-    pub upstream: Option<String>,
-    /// Admin listener address (OUTRIDER_ADMIN_LISTEN).
-    #[arg(long, value_name = "ADDR")]
-    pub admin_listen: Option<String>,
-    /// Log filter, EnvFilter syntax (OUTRIDER_LOG).
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
-    /// json, pretty or auto (OUTRIDER_LOG_FORMAT).
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
+    // `--listen`, `--upstream`...: the settings that declare a flag.
+    #[command(flatten)]
+    pub flags: Overrides,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -113,13 +101,7 @@ impl Cli {
 
     /// The flags that override configuration.
     pub fn overrides(&self) -> Overrides {
-        Overrides {
-            listen: self.listen.clone(),
-            upstream: self.upstream.clone(),
-            admin_listen: self.admin_listen.clone(),
-            log: self.log.clone(),
-            log_format: self.log_format.clone(),
-        }
+        self.flags.clone()
     }
 }
 

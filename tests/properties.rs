@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use outrider::{
-    config::{Config, RawConfig},
+    config::{Config, RawConfig, SETTINGS},
     proxy::headers,
     telemetry::routes::Routes,
 };
@@ -97,16 +97,26 @@ proptest! {
     }
 
     #[test]
-    fn any_config_value_parses_or_names_its_variable(field in 0usize..33, value in "\\PC{0,30}") {
+    fn any_config_value_parses_or_names_its_variable(field in 0..SETTINGS.len(), value in "\\PC{0,30}") {
+        let setting = &SETTINGS[field];
         let mut raw = RawConfig::default();
-        let vars = set_field(&mut raw, field, value.clone());
+        prop_assert!(raw.set(setting.key, value.clone()));
         match Config::try_from(raw) {
-            Ok(config) => { let _ = config.to_toml(); }
+            Ok(config) => {
+                // What --print-config prints loads back into the same
+                // configuration; the admin token is printed redacted.
+                let printed = config.to_toml();
+                if setting.key != "admin_token" {
+                    prop_assert_eq!(reload(&printed).map(|c| c.to_toml()), Ok(printed));
+                }
+            }
             Err(e) => {
                 let text = e.to_string();
+                let vars: Vec<String> = std::iter::once(setting.key).chain(related(setting.key).iter().copied())
+                    .map(|key| format!("OUTRIDER_{}", key.to_ascii_uppercase())).collect();
                 prop_assert!(text.starts_with("invalid OUTRIDER_"), "{}", text);
                 prop_assert!(!text.contains('\n'), "multi-line error: {}", text);
-                prop_assert!(vars.iter().any(|v| text.contains(v)), "{} does not name {:?}", text, vars);
+                prop_assert!(vars.iter().any(|v| text.contains(&format!("{v}="))), "{} does not name {:?}", text, vars);
             }
         }
     }
@@ -121,50 +131,28 @@ proptest! {
     }
 }
 
-/// Sets one RawConfig field by index; returns the variables an error about
-/// it may name (a value can conflict with a related variable).
-fn set_field(raw: &mut RawConfig, field: usize, value: String) -> Vec<&'static str> {
-    macro_rules! fields {
-        ($($i:literal => $f:ident, [$($var:literal),+]);+ $(;)?) => {
-            match field {
-                $($i => { raw.$f = value; vec![$($var),+] })+
-                _ => vec!["OUTRIDER_LISTEN"],
-            }
-        };
+/// The other settings an error about `key` may name: a value can conflict
+/// with a related setting's.
+fn related(key: &str) -> &'static [&'static str] {
+    match key {
+        "drain_timeout" => &["drain_delay"],
+        "tls_cert" => &["tls_key"],
+        "tls_key" => &["tls_cert"],
+        // An https:// upstream needs the system CA bundle.
+        "upstream" => &["upstream_ca"],
+        _ => &[],
     }
-    fields! {
-        0 => listen, ["OUTRIDER_LISTEN"];
-        1 => upstream, ["OUTRIDER_UPSTREAM"];
-        2 => upstream_protocol, ["OUTRIDER_UPSTREAM_PROTOCOL"];
-        3 => admin_listen, ["OUTRIDER_ADMIN_LISTEN"];
-        4 => log, ["OUTRIDER_LOG"];
-        5 => log_format, ["OUTRIDER_LOG_FORMAT"];
-        6 => upstream_connect_timeout, ["OUTRIDER_UPSTREAM_CONNECT_TIMEOUT"];
-        7 => request_timeout, ["OUTRIDER_REQUEST_TIMEOUT"];
-        8 => upstream_pool_idle_timeout, ["OUTRIDER_UPSTREAM_POOL_IDLE_TIMEOUT"];
-        9 => upstream_pool_max_idle, ["OUTRIDER_UPSTREAM_POOL_MAX_IDLE"];
-        10 => header_read_timeout, ["OUTRIDER_HEADER_READ_TIMEOUT"];
-        11 => max_header_bytes, ["OUTRIDER_MAX_HEADER_BYTES"];
-        12 => via, ["OUTRIDER_VIA"];
-        13 => drain_delay, ["OUTRIDER_DRAIN_DELAY"];
-        14 => drain_timeout, ["OUTRIDER_DRAIN_TIMEOUT", "OUTRIDER_DRAIN_DELAY"];
-        15 => app_stop_timeout, ["OUTRIDER_APP_STOP_TIMEOUT"];
-        16 => app_health, ["OUTRIDER_APP_HEALTH"];
-        17 => app_health_interval, ["OUTRIDER_APP_HEALTH_INTERVAL"];
-        18 => app_health_failures, ["OUTRIDER_APP_HEALTH_FAILURES"];
-        19 => app_health_successes, ["OUTRIDER_APP_HEALTH_SUCCESSES"];
-        20 => buffer_max, ["OUTRIDER_BUFFER_MAX"];
-        21 => buffer_timeout, ["OUTRIDER_BUFFER_TIMEOUT"];
-        22 => admin_token, ["OUTRIDER_ADMIN_TOKEN"];
-        23 => app_process, ["OUTRIDER_APP_PROCESS"];
-        24 => app_pidfile, ["OUTRIDER_APP_PIDFILE"];
-        25 => routes, ["OUTRIDER_ROUTES"];
-        26 => access_log, ["OUTRIDER_ACCESS_LOG"];
-        27 => trace_query, ["OUTRIDER_TRACE_QUERY"];
-        28 => trace_response, ["OUTRIDER_TRACE_RESPONSE"];
-        29 => tls_cert, ["OUTRIDER_TLS_CERT", "OUTRIDER_TLS_KEY"];
-        30 => tls_key, ["OUTRIDER_TLS_KEY", "OUTRIDER_TLS_CERT"];
-        31 => max_inflight, ["OUTRIDER_MAX_INFLIGHT"];
-        32 => max_body_bytes, ["OUTRIDER_MAX_BODY_BYTES"];
+}
+
+/// Loads `--print-config` output as a file would be, the redacted admin
+/// token aside.
+fn reload(printed: &str) -> Result<Config, String> {
+    use figment::providers::Format as _;
+    let file: std::collections::BTreeMap<String, String> =
+        figment::Figment::from(figment::providers::Toml::string(printed)).extract().map_err(|e| e.to_string())?;
+    let mut raw = RawConfig::default();
+    for (key, value) in file.into_iter().filter(|(key, _)| key != "admin_token") {
+        raw.set(&key, value);
     }
+    Config::try_from(raw).map_err(|e| e.to_string())
 }
