@@ -178,14 +178,19 @@ async fn trailers_and_expect_continue_pass_through() {
 async fn app_down_gives_502_with_a_reason() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // With buffering off, a refused connection is answered at once.
-    let proxy = outrider(&format!("http://127.0.0.1:{port}")).env("OUTRIDER_BUFFER_TIMEOUT", "0").start().await;
+    // With buffering off, a refused connection is answered at once, not
+    // retried until the (long) connect timeout runs out.
+    let proxy = outrider(&format!("http://127.0.0.1:{port}"))
+        .env("OUTRIDER_BUFFER_TIMEOUT", "0")
+        .env("OUTRIDER_UPSTREAM_CONNECT_TIMEOUT", "30s")
+        .start()
+        .await;
     let started = Instant::now();
     let (status, headers, body) = get(&proxy.url("/")).await.unwrap();
     assert_eq!(status, 502);
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
     assert!(String::from_utf8_lossy(&body).contains("refused"), "{body:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10), "502 after {:?}", started.elapsed());
     proxy
         .wait_log("the upstream failure log line", |l| l.contains("upstream request failed") && l.contains("\"error.kind\":\"connect\""))
         .await;
@@ -196,11 +201,12 @@ async fn slow_app_gives_504_after_the_request_timeout() {
     let app = App::start().await;
     let proxy = outrider(&app.url()).env("OUTRIDER_REQUEST_TIMEOUT", "300ms").start().await;
     let started = Instant::now();
-    let (status, _, body) = get(&proxy.url("/slow/10000")).await.unwrap();
+    // The app would answer after a minute; the 504 comes at the timeout.
+    let (status, _, body) = get(&proxy.url("/slow/60000")).await.unwrap();
     let took = started.elapsed();
     assert_eq!(status, 504);
     assert!(String::from_utf8_lossy(&body).contains("did not answer in time"), "{body:?}");
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "took {took:?}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "took {took:?}");
     // A fast request on the same proxy is unaffected.
     assert_eq!(get(&proxy.url("/slow/10")).await.unwrap().0, 200);
 }
@@ -232,57 +238,86 @@ async fn unix_socket_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_alive_connections_to_the_app_are_pooled() {
+    use std::sync::atomic::Ordering::SeqCst;
     let app = App::start().await;
-    let proxy = outrider(&app.url()).start().await;
+    // No health check connection during the requests below.
+    let proxy = outrider(&app.url()).env("OUTRIDER_APP_HEALTH_INTERVAL", "60s").start().await;
+    // Ready: the first check has been made; the next is a minute away.
+    wait_status(&proxy.admin_url("/readyz"), 200).await;
     let client = client();
+    let accepted_before = app.accepted.load(SeqCst);
     for _ in 0..20 {
         assert_eq!(send(&client, Request::get(proxy.url("/")).body(full("")).unwrap()).await.unwrap().0, 200);
     }
-    // Count the sockets towards the app in the kernel's own table.
+    // Connections the app accepted: one per request without pooling (also
+    // when each is closed after its response, which the socket count below
+    // would not see).
+    let opened = app.accepted.load(SeqCst) - accepted_before;
+    assert!((1..=2).contains(&opened), "{opened} connections opened to the app for 20 sequential requests");
+    // And none piles up: count the sockets towards the app in the kernel's own table.
     let conns = established_to(app.addr.port());
     assert!(conns <= 2, "{conns} connections to the app for 20 sequential requests");
 }
 
-/// An app whose keep-alive timeout is short (30 ms) and that closes idle
+/// An app whose keep-alive timeout is short (200 ms) and that closes idle
 /// connections without warning: pooled connections die while idle. No
 /// client request may fail for it, and the sockets the app closed must not
 /// linger half-closed on outrider's side.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_closing_idle_keep_alive_connections_costs_no_request() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (port, accepted) = raw_app(|mut stream, counter| async move {
-        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                // Idle (or slow) for 30 ms: close, as a keep-alive timeout does.
-                match tokio::time::timeout(Duration::from_millis(30), stream.read(&mut chunk)).await {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
-                    _ => return,
+    const APP_KEEP_ALIVE: Duration = Duration::from_millis(200);
+    // Connections the app has closed (all of them, in the end: it closes
+    // every connection that idles).
+    let closed = Arc::new(AtomicUsize::new(0));
+    let app_closed = closed.clone();
+    let (port, accepted) = raw_app(move |mut stream, counter| {
+        let closed = app_closed.clone();
+        async move {
+            counter.fetch_add(1, SeqCst);
+            let mut chunk = [0u8; 1024];
+            'conn: loop {
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    // Idle (or slow) for its keep-alive timeout: close.
+                    match tokio::time::timeout(APP_KEEP_ALIVE, stream.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                        _ => break 'conn,
+                    }
+                }
+                if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                    break;
                 }
             }
-            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
-                return;
-            }
+            drop(stream);
+            closed.fetch_add(1, SeqCst);
         }
     })
     .await;
     let proxy = outrider(&format!("http://127.0.0.1:{port}")).env("OUTRIDER_UPSTREAM_POOL_IDLE_TIMEOUT", "1s").start().await;
     let client = client();
-    // Well inside the app's timeout (the connection is reused) and well
-    // past it (the app has closed it; outrider must notice, not fail).
-    // Right at the timeout a request can cross the app's close on the
-    // wire, which no proxy can tell from a failure; not tested here.
-    for pause_ms in [0u64, 5, 100, 0, 250, 5, 0, 150] {
+    // Well inside the app's timeout (the connection is reused) and past
+    // it (the app has closed it; outrider must notice, not fail). Right at
+    // the timeout a request can cross the app's close on the wire, which
+    // no proxy can tell from a failure; not tested here. A pause can only
+    // come out longer than asked, so "past" holds on any machine and
+    // "inside" has 200 ms to spare.
+    let past = APP_KEEP_ALIVE.as_millis() as u64 + 100;
+    for pause_ms in [0u64, 5, past, 0, past, 5, 0, past] {
         let (status, _, body) = send(&client, Request::get(proxy.url("/")).body(full("")).unwrap()).await.unwrap();
         assert_eq!((status, &body[..]), (200, &b"ok"[..]), "after a {pause_ms} ms pause");
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
-    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let opened = accepted.load(SeqCst);
     assert!((2..8).contains(&opened), "{opened} app connections for 8 requests: pooling or close detection is off");
     // Connections the app closed are dropped by the pool's sweep, not kept
-    // half-closed until the next request.
+    // half-closed until the next request: once the app has closed every
+    // connection, outrider holds none of them half-closed.
+    wait_until("the app to close its idle connections", || closed.load(SeqCst) == accepted.load(SeqCst)).await;
     eventually("closed app connections released", || async { (close_wait_to(port) == 0).then_some(()) }).await;
 }
 
@@ -458,14 +493,17 @@ async fn an_idle_keep_alive_connection_parks_and_keeps_serving() {
     assert_eq!(echoed.into_text().unwrap().as_str(), "after a park");
     ws.close(None).await.unwrap();
 
-    // A parked connection is still closed by the idle bound (2 s here).
+    // A parked connection is still closed by the idle bound (2 s here),
+    // counted from its response (after `idle_from`). The default bound is
+    // 10 s: closed within 2 + 5 s, it was this setting that closed it.
+    const IDLE_BOUND: Duration = Duration::from_secs(2);
     let mut conn = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    let idle_from = Instant::now();
     conn.write_all(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut conn).await.0, 200);
-    let idle_from = Instant::now();
     let mut rest = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut rest)).await;
+    let read = tokio::time::timeout(IDLE_BOUND + Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut rest)).await;
     assert!(matches!(read, Ok(Ok(0))), "an idle connection is closed, without a response: {read:?}");
     let idle = idle_from.elapsed();
-    assert!(idle >= Duration::from_millis(1800), "closed after {idle:?}, before the 2 s idle bound");
+    assert!(idle >= IDLE_BOUND, "closed after {idle:?}, before the 2 s idle bound");
 }

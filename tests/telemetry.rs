@@ -110,9 +110,28 @@ async fn a_traced_request_gives_one_server_span_that_continues_the_callers_trace
     let access = proxy.wait_log("the access log line", |l| l.contains("\"outrider::access\"") && l.contains("/orders/42")).await;
     assert!(access.contains(CALLER_TRACE) && access.contains(&span.span_id()), "{access}");
 
-    // Exactly one span for the request.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly one span for the request: the access line is written after
+    // the span ended, so everything exported from now on is all there is.
+    export_settled(&proxy, &receiver).await;
     assert_eq!(receiver.spans().iter().filter(|s| s.trace_id() == CALLER_TRACE).count(), 1);
+}
+
+/// Waits until every sampled span that has ended so far has been exported
+/// and received, and nothing else was: the exporter's counters on
+/// `/metrics` (`outrider_spans_ended_total` counts before the span ends,
+/// `outrider_spans_exported_total` after the collector accepted it) agree
+/// with each other and with the receiver.
+async fn export_settled(proxy: &Outrider, receiver: &Receiver) {
+    eventually("the exporter to have sent every ended span to the receiver", || async {
+        let text = scrape(proxy).await;
+        let ended = sample(&text, "outrider_spans_ended_total", "");
+        let exported = sample(&text, "outrider_spans_exported_total", "");
+        let failed = sample(&text, "outrider_spans_export_failed_total", "");
+        assert_eq!(failed, 0.0, "span exports failed");
+        assert!(exported <= ended, "{exported} spans exported but only {ended} ended: a span outside the request path");
+        (ended > 0.0 && exported == ended && receiver.spans().len() as f64 == exported).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,20 +176,54 @@ async fn an_unsampled_caller_yields_no_exported_span() {
     assert_eq!(send(&client(), req).await.unwrap().0, 200);
     let forwarded = app.last().headers["traceparent"].to_str().unwrap().to_owned();
     assert!(forwarded.starts_with(&format!("00-{unsampled}-")) && forwarded.ends_with("-00"), "{forwarded}");
+    // Its span, if any, has ended once its access line is out.
+    proxy.wait_log("the unsampled request's access line", |l| l.contains("\"outrider::access\"") && l.contains("/unsampled")).await;
 
-    // A sampled request afterwards proves the exporter works and has run.
+    // A sampled request afterwards proves the exporter works and has run:
+    // spans are exported in the order they end, so anything queued before
+    // this one has reached the receiver by the time it has.
     assert_eq!(get(&proxy.url("/sampled")).await.unwrap().0, 200);
     receiver.wait_for("the sampled span", |s| s.attr("url.path").as_deref() == Some("/sampled")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    export_settled(&proxy, &receiver).await;
     assert!(receiver.spans().iter().all(|s| s.trace_id() != unsampled), "an unsampled request was exported");
 }
 
+/// A collector that accepts connections and never answers: an export to
+/// it takes its whole timeout. Returns its address and how many
+/// connections it has accepted.
+async fn black_hole() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// A collector that refuses connections, and one that swallows them (its
+/// exports hang for the whole 30 s export timeout): neither slows requests
+/// down, and the exit waits for neither, by far.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_collector_neither_slows_requests_nor_blocks_the_exit() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let app = App::start().await;
-    for protocol in ["grpc", "http/protobuf"] {
-        let proxy = traced(&app, &format!("http://{dead}"), protocol).start().await;
+    let app = &app;
+    let cases = ["grpc", "http/protobuf"].into_iter().flat_map(|protocol| [(protocol, false), (protocol, true)]);
+    futures_util::future::join_all(cases.map(|(protocol, hangs)| async move {
+        let hole = if hangs { Some(black_hole().await) } else { None };
+        let collector = hole.as_ref().map_or(refused, |h| h.0);
+        let case = format!("{protocol}, collector {}", if hangs { "not answering" } else { "refusing" });
+        let proxy = traced(app, &format!("http://{collector}"), protocol)
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", &EXPORT_TIMEOUT.as_millis().to_string())
+            .start()
+            .await;
         let client = client();
         let started = Instant::now();
         for i in 0..200 {
@@ -178,12 +231,26 @@ async fn a_dead_collector_neither_slows_requests_nor_blocks_the_exit() {
             assert_eq!(status, 200);
         }
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(5), "{protocol}: 200 requests took {took:?} with the collector down");
+        assert!(took < Duration::from_secs(10), "{case}: 200 requests took {took:?}");
+        // An export is under way (and stuck, for the black hole) when the
+        // exit begins.
+        match &hole {
+            Some((_, accepted, _)) => {
+                wait_until("an export to reach the collector", || accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).await
+            }
+            None => {
+                proxy.wait_metric("outrider_spans_export_failed_total", |n| n > 0.0).await;
+            }
+        }
         let t = Instant::now();
         proxy.signal(nix::sys::signal::Signal::SIGTERM);
         assert_eq!(proxy.wait().await.code(), Some(0));
-        assert!(t.elapsed() < Duration::from_secs(8), "{protocol}: exit took {:?}", t.elapsed());
-    }
+        assert!(t.elapsed() < Duration::from_secs(10), "{case}: exit took {:?}", t.elapsed());
+        if let Some((_, _, task)) = hole {
+            task.abort();
+        }
+    }))
+    .await;
 }
 
 /// Reads one sample of `name` with exactly these labels from the text format.
@@ -283,7 +350,9 @@ async fn a_client_that_leaves_before_the_response_is_recorded_as_499() {
     let app = App::start().await;
     let proxy = outrider(&app.url()).start().await;
     let mut stream = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
-    stream.write_all(b"GET /slow/3000 HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    // The app would answer only after a minute: the client is certainly
+    // gone first.
+    stream.write_all(b"GET /slow/60000 HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
     eventually("the request to reach the app", || {
         let n = app.count();
         async move { (n >= 1).then_some(()) }

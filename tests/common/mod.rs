@@ -35,19 +35,42 @@ pub fn full(data: impl Into<Bytes>) -> TestBody {
 }
 
 /// Polls `check` until it returns `Some`, or panics after [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
+    eventually_within(PATIENCE, what, check).await
+}
+
+/// Polls `check` until it returns `Some`, or panics once `patience` has
+/// passed. A check that itself hangs (a request nobody answers) counts
+/// against the same deadline, so this never waits longer than `patience`.
+pub async fn eventually_within<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
-        if let Some(v) = check().await {
-            return v;
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {patience:?} waiting for {what}"),
         }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {patience:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls a condition the test can read directly (a counter, a file, a
+/// process state) until it holds, or panics after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    eventually(what, || {
+        let holds = condition();
+        async move { holds.then_some(()) }
+    })
+    .await;
 }
 
 /// Polls `url` until it answers `status`.
@@ -85,6 +108,8 @@ pub struct App {
     pub aborted: Arc<std::sync::atomic::AtomicUsize>,
     /// Bodies `/count` read to a clean end.
     pub completed: Arc<std::sync::atomic::AtomicUsize>,
+    /// TCP connections accepted.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -99,10 +124,13 @@ impl App {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let aborted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let completed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let record = Record { seen: seen.clone(), aborted: aborted.clone(), completed: completed.clone() };
+        let counter = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let record = record.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(record.clone(), req));
@@ -112,7 +140,7 @@ impl App {
                 });
             }
         });
-        Self { addr, seen, aborted, completed, task }
+        Self { addr, seen, aborted, completed, accepted, task }
     }
 
     pub fn url(&self) -> String {
@@ -400,6 +428,27 @@ impl Outrider {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The value of one series on `/metrics`, `name` or `name{labels}`
+    /// exactly as exposed; `None` if it is absent or the scrape failed.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (status, _, body) = get(&self.admin_url("/metrics")).await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        let prefix = format!("{series} ");
+        String::from_utf8_lossy(&body).lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+    }
+
+    /// Scrapes `/metrics` until `series` has a value that satisfies `pred`,
+    /// and returns it.
+    pub async fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let pred = &pred;
+        eventually(&format!("{series} on /metrics to reach the expected value"), move || async move {
+            self.metric(series).await.filter(|v| pred(*v))
+        })
+        .await
+    }
+
     /// Peak resident memory so far, from the kernel's own accounting.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -451,6 +500,30 @@ pub async fn send(client: &Client, req: Request<TestBody>) -> Result<(u16, Heade
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Ok((status, headers, body))
+}
+
+/// A request whose end the test decides: a chunked `POST /count` that has
+/// sent the first chunk of its body and sends the rest on [`Self::finish`].
+/// It stays in flight (at the proxy and at the app) for exactly as long as
+/// the test needs, instead of as long as a slow route happens to take.
+pub struct HeldUpload {
+    stream: tokio::net::TcpStream,
+}
+
+impl HeldUpload {
+    pub async fn start(addr: SocketAddr) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"POST /count HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await.unwrap();
+        Self { stream }
+    }
+
+    /// Ends the body and reads the response: `(200, "5")` from the app.
+    pub async fn finish(mut self) -> (u16, String) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(b"0\r\n\r\n").await.unwrap();
+        read_response(&mut self.stream).await
+    }
 }
 
 /// Sends raw bytes on a fresh TCP connection and returns everything read
