@@ -4,8 +4,11 @@
 # drifts with its load), so the way to compare two builds of outrider.
 #
 #   bash benches/callgrind.sh BIN [BIN ...]
+#   CALLGRIND_TELEMETRY=full bash benches/callgrind.sh BIN [BIN ...]
 #
-# For each binary, telemetry off as in run.sh's outrider-off, in front of
+# For each binary, telemetry off as in run.sh's outrider-off (or, with
+# CALLGRIND_TELEMETRY=full, tracing 100 % sampled and exported over
+# OTLP/HTTP to benches/otlp_sink.py, as in outrider-full), in front of
 # the bench upstream: one run that only starts, becomes ready and stops,
 # and one with `wrk -t1 -c16 -d10s` in between. Prints
 #   (instructions of the loaded run - instructions of the idle run) / requests.
@@ -20,7 +23,12 @@ for c in valgrind wrk curl; do
 done
 UPSTREAM_BIN="$HERE/upstream/target/release/bench-upstream"
 [[ -x $UPSTREAM_BIN ]] || cargo build --release --locked --manifest-path "$HERE/upstream/Cargo.toml" >&2
-P_UP=18081 P_OFF=18083 P_ADMIN=18093
+P_UP=18081 P_OFF=18083 P_ADMIN=18093 P_SINK=4318
+TELEMETRY=(OTEL_SDK_DISABLED=true)
+if [[ ${CALLGRIND_TELEMETRY:-off} == full ]]; then
+    TELEMETRY=(OTEL_SDK_DISABLED=false OTEL_TRACES_SAMPLER=always_on OTEL_SERVICE_NAME=bench-app
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$P_SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)
+fi
 
 TMP="$(mktemp -d /tmp/outrider-callgrind.XXXXXX)"
 PIDS=()
@@ -28,12 +36,16 @@ trap 'stop_pids; rm -rf "$TMP"' EXIT
 
 "$UPSTREAM_BIN" "$P_UP" >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!)
+if [[ ${CALLGRIND_TELEMETRY:-off} == full ]]; then
+    python3 "$HERE/otlp_sink.py" --port "$P_SINK" >"$TMP/sink.log" 2>&1 &
+    PIDS+=($!)
+fi
 
 # Runs BIN under callgrind; with "load", drives wrk through it. Prints the
 # instruction total, then the request count.
 measure() {
     local bin=$1 load=$2 out="$TMP/callgrind.out" requests=0
-    env OTEL_SDK_DISABLED=true OUTRIDER_ACCESS_LOG=false OUTRIDER_LOG=warn OUTRIDER_DRAIN_DELAY=0s \
+    env "${TELEMETRY[@]}" OUTRIDER_ACCESS_LOG=false OUTRIDER_LOG=warn OUTRIDER_DRAIN_DELAY=0s \
         OUTRIDER_LISTEN=127.0.0.1:$P_OFF OUTRIDER_ADMIN_LISTEN=127.0.0.1:$P_ADMIN \
         OUTRIDER_UPSTREAM=http://127.0.0.1:$P_UP \
         valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" >"$TMP/outrider.log" 2>&1 &

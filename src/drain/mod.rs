@@ -75,6 +75,11 @@ impl Watch {
         let _ = self.phase.wait_for(|p| *p >= target).await;
     }
 
+    /// The phase alone, for a connection task to keep.
+    pub fn phases(&self) -> Phases {
+        Phases(self.phase.clone())
+    }
+
     /// Where connection tasks and tunnels are spawned, so the drain waits
     /// for them and the cut can count them.
     pub fn connections(&self) -> &TaskTracker {
@@ -90,6 +95,19 @@ impl Watch {
         // a detached watch lives as long as the process.
         std::mem::forget(tx);
         Self { phase, draining: Box::leak(Box::new(AtomicBool::new(false))), connections: TaskTracker::new() }
+    }
+}
+
+/// Only the phase: what each connection task keeps. A task is as large as
+/// everything it holds across an await, for every open connection; the
+/// whole [`Watch`] there took 10 000 idle connections from 53 to 57 MiB
+/// (4.6 to 5.0 KiB each: an allocator size class up).
+pub struct Phases(watch::Receiver<Phase>);
+
+impl Phases {
+    /// As [`Watch::reached`].
+    pub async fn reached(&mut self, target: Phase) {
+        let _ = self.0.wait_for(|p| *p >= target).await;
     }
 }
 

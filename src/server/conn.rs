@@ -31,7 +31,7 @@ use tracing::{debug, trace};
 
 use crate::gate::Gated;
 
-use crate::drain::{Phase, Watch};
+use crate::drain::{Phase, Phases};
 
 use super::{
     service::{ConnService, ConnState, InPlace},
@@ -75,7 +75,7 @@ pub(super) struct Listener<'a, M> {
 }
 
 /// Serves one connection to the end.
-pub(super) async fn drive<T, M, S, B>(listener: Listener<'_, M>, mut io: T, info: super::ConnInfo, mut phase: Watch)
+pub(super) async fn drive<T, M, S, B>(listener: Listener<'_, M>, mut io: T, info: super::ConnInfo, mut phase: Phases)
 where
     T: Transport,
     M: Fn(super::ConnInfo) -> S,
@@ -118,7 +118,7 @@ where
 
 /// HTTP/2: a GOAWAY as soon as the drain starts; the client finishes its
 /// open streams and opens new ones elsewhere, with no race.
-async fn serve_http2<T, S, B>(builder: &http2::Builder<TokioExecutor>, io: Rewind<T>, service: InPlace<ConnService<S>>, mut phase: Watch)
+async fn serve_http2<T, S, B>(builder: &http2::Builder<TokioExecutor>, io: Rewind<T>, service: InPlace<ConnService<S>>, mut phase: Phases)
 where
     T: Transport,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -157,7 +157,7 @@ async fn serve_http1<T, S, B>(
     mut io: Rewind<T>,
     mut service: InPlace<ConnService<S>>,
     idle: Idle,
-    mut phase: Watch,
+    mut phase: Phases,
     mut timer: Pin<&mut tokio::time::Sleep>,
 ) where
     T: Transport,

@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{Instrument, debug, debug_span, warn};
 
-use crate::drain::{Phase, Watch};
+use crate::drain::{Phase, Phases, Watch};
 use conn::{Listener, Protocols};
 
 /// What a connection's service learns about the connection.
@@ -118,7 +118,7 @@ where
         });
         let local = stream.local_addr().unwrap_or(remote);
         let protocols = protocols.clone();
-        let phase = drain.clone();
+        let phase = drain.phases();
         let make_service = make_service.clone();
         let tls = options.tls.clone();
         let handshake_timeout = options.header_read_timeout;
@@ -149,7 +149,7 @@ async fn serve_tls<M, S, B>(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     info: ConnInfo,
-    phase: Watch,
+    phase: Phases,
 ) where
     M: Fn(ConnInfo) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
