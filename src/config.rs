@@ -22,7 +22,7 @@ use figment::{
 };
 use http::uri::{Authority, Scheme};
 
-use crate::telemetry::routes::Routes;
+use crate::{telemetry::routes::Routes, trust::TrustedProxies};
 
 /// Declares the settings: after a one-line doc, `[pub] key: Type =
 /// "default", kind [, flag "VALUE_NAME"];`, where the [`Kind`] parses the
@@ -96,6 +96,14 @@ settings! {
     // The minimum leaves hyper room for a request line and common headers.
     /// Largest request head accepted; larger gets `431 Request Header Fields Too Large`.
     pub max_header_bytes: usize = "65536", number(8192, 16 << 20);
+    // nginx refuses a header line over 8 KiB by default; an app that sat
+    // behind no proxy may have taken larger cookies, hence twice that.
+    /// Longest request line or header line (name, `: `, value) accepted; a longer header line gets 431, a longer request line 414.
+    pub max_header_line_bytes: usize = "16384", number(1024, 16 << 20);
+    /// Comma-separated networks (`10.0.0.0/8`, `fd00::/8`, single addresses) of front proxies whose `X-Forwarded-*`/`Forwarded` headers are believed: from them `X-Forwarded-For` is appended to and the other values stand, and the span's `client.address` is the rightmost untrusted `X-Forwarded-For` entry. From anyone else those headers are overwritten with what outrider saw. Empty: nobody is trusted.
+    pub trusted_proxies: TrustedProxies = "", TRUSTED;
+    /// Also send an RFC 7239 `Forwarded` header (`for`, `proto`, `host`), under the same trust rule as `X-Forwarded-*`.
+    pub forwarded: bool = "false", BOOL;
     /// Add a `Via` header (`1.1 outrider`) to requests and responses.
     pub via: bool = "false", BOOL;
     /// After SIGTERM, keep accepting new connections this long while endpoint removal propagates. Must not exceed `OUTRIDER_DRAIN_TIMEOUT`.
@@ -636,6 +644,8 @@ const PROCESS: Kind<Option<AppProcess>> = Kind::new(
     |text, _| Ok(non_empty(text).map(|name| AppProcess::Name(name.to_owned()))),
     |p| if let Some(AppProcess::Name(name)) = p { name.clone() } else { String::new() },
 );
+
+const TRUSTED: Kind<TrustedProxies> = Kind::new(|text, _| TrustedProxies::parse(text), TrustedProxies::to_string);
 
 const ROUTES: Kind<Routes> = Kind::new(
     |text, _| Routes::parse(text).map_err(|e| e.to_string()),

@@ -22,6 +22,7 @@
 //!   metrics, and the tower layer that records all three.
 //! * `body`: body wrappers shared by the request path and telemetry.
 //! * `tls`: rustls server config, certificate hot reload, mTLS subjects.
+//! * `trust`: the front proxies whose forwarding headers are believed.
 //! * `gate`: a future polled only when it woke its task, for the branches
 //!   of a connection's `select!` that almost never fire.
 //!
@@ -43,3 +44,4 @@ pub mod server;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
+pub mod trust;

@@ -131,6 +131,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             trace_response: config.trace_response,
             access_log: config.access_log,
             scheme: if config.tls.is_some() { "https" } else { "http" },
+            trusted_proxies: config.trusted_proxies.clone(),
         },
     );
 
@@ -209,6 +210,8 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             max_inflight: config.max_inflight,
             max_body_bytes: config.max_body_bytes,
             client_cert_header: config.tls.as_ref().and_then(|t| t.client_cert_header.clone()),
+            trusted_proxies: config.trusted_proxies.clone(),
+            forwarded: config.forwarded,
         },
         hold,
         drain.clone(),
@@ -220,11 +223,17 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         // Probes must answer even when the proxy side is saturated.
         max_connections: 1024,
         tls: None,
+        head: None,
     };
     let options = ServerOptions {
         connections: Some((metrics.connections_active.clone(), metrics.connections_total.clone())),
         max_connections: config.max_connections,
         tls: tls.as_ref().map(|t| t.acceptor.clone()),
+        head: Some(server::HeadLimits {
+            max_head_bytes: config.max_header_bytes,
+            max_line_bytes: config.max_header_line_bytes,
+            refused: ["header_too_large", "uri_too_long"].map(|reason| metrics.refused(reason).cloned()),
+        }),
         ..admin_options.clone()
     };
     if let Some(tls) = tls {

@@ -83,14 +83,18 @@ proptest! {
     }
 
     #[test]
-    fn forwarded_for_keeps_every_earlier_hop_in_order(existing in prop::collection::vec("[0-9.a-f:]{1,20}", 0..4), last in any::<std::net::Ipv4Addr>()) {
+    fn forwarded_for_keeps_every_earlier_hop_in_order_behind_a_trusted_proxy_only(
+        existing in prop::collection::vec("[0-9.a-f:]{1,20}", 0..4),
+        last in any::<std::net::Ipv4Addr>(),
+        trusted in any::<bool>(),
+    ) {
         let mut map = HeaderMap::new();
         for e in &existing {
             map.append("x-forwarded-for", HeaderValue::from_str(e).unwrap());
         }
-        headers::add_forwarded(&mut map, headers::forwarded_for(last.into()), "http", None);
+        headers::add_forwarded(&mut map, &headers::Hop::new(last.into(), "http", 8080, trusted, false), None);
         let value = map.get("x-forwarded-for").unwrap().to_str().unwrap().to_owned();
-        let mut expected = existing.clone();
+        let mut expected = if trusted { existing.clone() } else { Vec::new() };
         expected.push(last.to_string());
         prop_assert_eq!(value, expected.join(", "));
         prop_assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);

@@ -52,8 +52,8 @@ pub(super) enum Upstream {
 
 /// What a request needs from its connection, prepared once per connection.
 pub(super) struct Peer {
-    /// This client's `X-Forwarded-For` entry.
-    pub(super) forwarded_for: Option<HeaderValue>,
+    /// What this hop says about the client (`X-Forwarded-*`, `Forwarded`).
+    pub(super) hop: headers::Hop,
     /// Subject of the client's verified certificate (mTLS).
     pub(super) client_subject: Option<HeaderValue>,
 }
@@ -88,7 +88,7 @@ pub(super) async fn forward(
     // once the app connection is up; the app must not answer it again.
     parts.headers.remove(EXPECT);
     let host = parts.headers.get(HOST).cloned();
-    headers::add_forwarded(&mut parts.headers, peer.forwarded_for.clone(), inner.scheme, host);
+    headers::add_forwarded(&mut parts.headers, &peer.hop, host);
     if inner.via {
         headers::add_via(&mut parts.headers, client_version);
     }

@@ -1,16 +1,18 @@
 //! Header rewriting that makes outrider a correct intermediary:
-//! hop-by-hop stripping (RFC 9110 §7.6.1) and the `X-Forwarded-*` family.
+//! hop-by-hop stripping (RFC 9110 §7.6.1), and the `X-Forwarded-*` family
+//! and `Forwarded` (RFC 7239) under a trust rule.
 
 use std::net::IpAddr;
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE, VIA},
+    header::{CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE, VIA},
 };
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -128,22 +130,87 @@ pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValu
     }
 }
 
-/// The `X-Forwarded-For` entry for a client: built once per connection.
-pub fn forwarded_for(client: IpAddr) -> Option<HeaderValue> {
-    let mut buf = [0u8; 64];
-    HeaderValue::from_str(format_ip(client, &mut buf)).ok()
+/// What this hop says about its client, prepared once per connection.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    /// This client's `X-Forwarded-For` entry ([`forwarded_for`]).
+    pub client: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`: this listener's scheme.
+    pub proto: &'static str,
+    /// `X-Forwarded-Port`: this listener's port.
+    pub port: HeaderValue,
+    /// The peer is a trusted front proxy: its forwarding headers stand.
+    pub trusted: bool,
+    /// `Some` when `Forwarded` is sent: this hop's `for=...;proto=...`.
+    pub forwarded: Option<String>,
 }
 
-/// Adds the `X-Forwarded-*` headers for one hop. `client` comes from
-/// [`forwarded_for`]; `host` is a clone of the request's Host. Both are
-/// reference counts, not copies.
-pub fn add_forwarded(headers: &mut HeaderMap, client: Option<HeaderValue>, proto: &'static str, host: Option<HeaderValue>) {
-    if let Some(client) = client {
-        append_list(headers, &X_FORWARDED_FOR, client);
+impl Hop {
+    /// The hop for a connection from `client` to a listener on `port`.
+    pub fn new(client: IpAddr, proto: &'static str, port: u16, trusted: bool, forwarded: bool) -> Self {
+        let mut buf = [0u8; 64];
+        let ip = format_ip(client, &mut buf);
+        Self {
+            client: HeaderValue::from_str(ip).ok(),
+            proto,
+            port: HeaderValue::from(port),
+            trusted,
+            // IPv6 goes in brackets and quotes (RFC 7239 §6).
+            forwarded: forwarded
+                .then(|| if ip.contains(':') { format!("for=\"[{ip}]\";proto={proto}") } else { format!("for={ip};proto={proto}") }),
+        }
     }
-    append_list(headers, &X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        append_list(headers, &X_FORWARDED_HOST, host);
+}
+
+/// Adds the forwarding headers for one hop; `host` is a clone of the
+/// request's Host (a reference count, not a copy).
+///
+/// From a trusted front proxy, `X-Forwarded-For` and `Forwarded` are
+/// appended to and the other values, if present, stand. From anyone else,
+/// all of them are replaced with what this hop saw: a client's own
+/// `X-Forwarded-Proto: https` must not reach an app that trusts it.
+pub fn add_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<HeaderValue>) {
+    if hop.trusted {
+        if let Some(client) = hop.client.clone() {
+            append_list(headers, &X_FORWARDED_FOR, client);
+        }
+        for (name, value) in [
+            (&X_FORWARDED_PROTO, Some(HeaderValue::from_static(hop.proto))),
+            (&X_FORWARDED_HOST, host.clone()),
+            (&X_FORWARDED_PORT, Some(hop.port.clone())),
+        ] {
+            if let (http::header::Entry::Vacant(vacant), Some(value)) = (headers.entry(name), value) {
+                vacant.insert(value);
+            }
+        }
+    } else {
+        match hop.client.clone() {
+            Some(client) => headers.insert(&X_FORWARDED_FOR, client),
+            None => headers.remove(&X_FORWARDED_FOR),
+        };
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+        match host.clone() {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        headers.insert(&X_FORWARDED_PORT, hop.port.clone());
+        headers.remove(FORWARDED);
+    }
+    if let Some(element) = &hop.forwarded {
+        let mut element = element.clone();
+        if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+            element.push_str(";host=\"");
+            for c in host.chars() {
+                if c == '"' || c == '\\' {
+                    element.push('\\');
+                }
+                element.push(c);
+            }
+            element.push('"');
+        }
+        if let Ok(value) = HeaderValue::from_str(&element) {
+            append_list(headers, &FORWARDED, value);
+        }
     }
 }
 
@@ -215,15 +282,47 @@ mod tests {
         assert_eq!(h.get("connection").unwrap(), "upgrade");
     }
 
+    fn hop(client: &str, trusted: bool, forwarded: bool) -> Hop {
+        Hop::new(client.parse().unwrap(), "http", 8080, trusted, forwarded)
+    }
+
+    const SPOOFED: &[(&str, &str)] = &[
+        ("x-forwarded-for", "1.1.1.1"),
+        ("x-forwarded-for", "2.2.2.2"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "bank.example"),
+        ("x-forwarded-port", "443"),
+        ("forwarded", "for=1.1.1.1;proto=https"),
+    ];
+
     #[test]
-    fn forwarded_for_appends_and_folds() {
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        add_forwarded(&mut h, forwarded_for("::ffff:10.0.0.1".parse().unwrap()), "http", Some(HeaderValue::from_static("a.example")));
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 10.0.0.1");
+    fn an_untrusted_clients_forwarding_headers_are_replaced() {
+        let mut h = map(SPOOFED);
+        add_forwarded(&mut h, &hop("::ffff:10.0.0.1", false, false), Some(HeaderValue::from_static("a.example")));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");
+        assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
+        assert!(!h.contains_key("forwarded"), "a client's Forwarded must not pass");
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"] {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_trusted_proxys_stand_and_for_is_appended() {
+        let mut h = map(SPOOFED);
+        add_forwarded(&mut h, &hop("10.0.0.1", true, true), Some(HeaderValue::from_static("a.example:8080")));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "bank.example");
+        assert_eq!(h.get("x-forwarded-port").unwrap(), "443");
+        assert_eq!(h.get("forwarded").unwrap(), "for=1.1.1.1;proto=https, for=10.0.0.1;proto=http;host=\"a.example:8080\"");
+        // A trusted proxy that sent none: ours fill in.
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, forwarded_for("2001:db8::1".parse().unwrap()), "https", None);
+        add_forwarded(&mut h, &hop("2001:db8::1", true, true), None);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "2001:db8::1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("forwarded").unwrap(), "for=\"[2001:db8::1]\";proto=http");
     }
 }

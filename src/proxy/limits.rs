@@ -1,6 +1,8 @@
 //! The request limits, first on the request path after telemetry (so what
 //! they refuse is still traced, counted and logged): the methods a reverse
-//! proxy cannot forward, the body size, and the requests in flight.
+//! proxy cannot forward, the body size, and the requests in flight. (The
+//! request head's own limits come earlier, in `server::head`: telemetry
+//! adds headers of its own.)
 
 use std::{
     convert::Infallible,

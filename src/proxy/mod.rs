@@ -43,7 +43,7 @@ use self::{
     hold::{BufferOptions, Hold},
     limits::{Bounds, Limits},
 };
-use crate::{body::RequestBody, drain::Watch, server::ConnInfo};
+use crate::{body::RequestBody, drain::Watch, server::ConnInfo, trust::TrustedProxies};
 
 /// How to reach the app.
 #[derive(Debug, Clone)]
@@ -76,6 +76,10 @@ pub struct ProxyOptions {
     /// Header that carries the verified client certificate's subject
     /// (mTLS). Any copy a client sends is removed so it cannot be forged.
     pub client_cert_header: Option<http::HeaderName>,
+    /// Front proxies whose forwarding headers stand.
+    pub trusted_proxies: TrustedProxies,
+    /// Send RFC 7239 `Forwarded` too.
+    pub forwarded: bool,
 }
 
 /// The proxy, shared by every connection of the public listener. Built
@@ -85,6 +89,8 @@ pub struct ProxyOptions {
 pub struct Proxy {
     inner: &'static Inner,
     bounds: &'static Bounds,
+    trusted: &'static TrustedProxies,
+    forwarded: bool,
 }
 
 // === impl Proxy ===
@@ -122,6 +128,8 @@ impl Proxy {
                 inflight: std::sync::atomic::AtomicUsize::new(0),
                 max_body_bytes: options.max_body_bytes,
             })),
+            trusted: Box::leak(Box::new(options.trusted_proxies.clone())),
+            forwarded: options.forwarded,
         }
     }
 
@@ -137,7 +145,13 @@ impl Proxy {
     + use<> {
         let inner = self.inner;
         let peer = Arc::new(Peer {
-            forwarded_for: headers::forwarded_for(conn.remote.ip()),
+            hop: headers::Hop::new(
+                conn.remote.ip(),
+                inner.scheme,
+                conn.local.port(),
+                self.trusted.contains(conn.remote.ip()),
+                self.forwarded,
+            ),
             client_subject: conn.client_subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()),
         });
         // Boxed once here: the exchange's state is a few KiB, and unboxed it

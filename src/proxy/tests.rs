@@ -24,7 +24,7 @@ use tower::ServiceExt;
 
 use super::connect::Connect;
 use super::*;
-use crate::{body::Counted, drain::Manual, health::Health};
+use crate::{body::Counted, drain::Manual, health::Health, trust::TrustedProxies};
 
 /// What the test app saw.
 #[derive(Default)]
@@ -85,6 +85,8 @@ fn options(app: SocketAddr) -> ProxyOptions {
         max_inflight: 0,
         max_body_bytes: 0,
         client_cert_header: None,
+        trusted_proxies: TrustedProxies::default(),
+        forwarded: false,
     }
 }
 
@@ -143,7 +145,7 @@ async fn forwards_and_rewrites_the_head() {
     assert_eq!(head.uri, "/orders?id=1");
     assert_eq!(head.headers["host"], "shop.example", "Host is kept as the client sent it");
     assert!(!head.headers.contains_key("x-secret"), "a header named by Connection is hop-by-hop");
-    assert_eq!(head.headers["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
+    assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7", "an untrusted client's own X-Forwarded-For is replaced");
     assert_eq!(head.headers["x-forwarded-proto"], "http");
 }
 

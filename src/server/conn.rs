@@ -72,6 +72,8 @@ pub(super) struct Listener<'a, M> {
     /// The process-wide draining flag, read by every HTTP/1 response.
     pub(super) draining: &'static AtomicBool,
     pub(super) head_timeout: Duration,
+    /// The head limits, on listeners that have them.
+    pub(super) head: Option<&'static super::head::HeadLimits>,
 }
 
 /// Serves one connection to the end.
@@ -81,8 +83,7 @@ where
     M: Fn(super::ConnInfo) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
     S::Future: Send + Unpin + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // One timer per connection, re-armed only when it fires: the bound on
@@ -102,10 +103,13 @@ where
     let io = Rewind::new(prefix, io);
     let state = Arc::new(ConnState::new());
     let http1 = protocol == Protocol::Http1;
+    let peer = info.remote;
     let service = InPlace(std::cell::RefCell::new(ConnService {
         inner: (listener.make_service)(info),
         close_when: http1.then_some(listener.draining),
         state: state.clone(),
+        head: listener.head,
+        peer,
     }));
     match protocol {
         Protocol::Http1 => {
@@ -123,8 +127,7 @@ where
     T: Transport,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
@@ -163,8 +166,7 @@ async fn serve_http1<T, S, B>(
     T: Transport,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
     S::Future: Send + Unpin + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut drain = false;

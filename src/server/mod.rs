@@ -10,9 +10,11 @@
 //! nothing wrong; they just do not get keep-alive.
 
 mod conn;
+mod head;
 mod service;
 mod transport;
 
+pub use head::HeadLimits;
 pub use transport::{NotUpgraded, OnUpgrade, Upgraded};
 
 use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
@@ -52,6 +54,8 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Terminate TLS with this acceptor.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Check HTTP/1 request heads against these (the public listener).
+    pub head: Option<HeadLimits>,
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
@@ -68,8 +72,7 @@ where
     M: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
     S::Future: Send + Unpin + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let protocols = Arc::new(build(&options));
@@ -77,6 +80,7 @@ where
     // Read once per request by every HTTP/1 connection.
     let draining = drain.draining_flag();
     let mut phase = drain.clone();
+    let head: Option<&'static HeadLimits> = options.head.clone().map(|h| &*Box::leak(Box::new(h)));
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -129,7 +133,8 @@ where
             async move {
                 let _slot = slot;
                 let _open = open;
-                let listener = Listener { protocols: &protocols, make_service: &*make_service, draining, head_timeout: handshake_timeout };
+                let listener =
+                    Listener { protocols: &protocols, make_service: &*make_service, draining, head_timeout: handshake_timeout, head };
                 let info = ConnInfo { remote, local, tls: tls.is_some(), client_subject: None };
                 match tls {
                     None => conn::drive(listener, stream, info, phase).await,
@@ -154,8 +159,7 @@ async fn serve_tls<M, S, B>(
     M: Fn(ConnInfo) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + Unpin + 'static,
     S::Future: Send + Unpin + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // The handshake is bounded like a request head: a client that stalls
@@ -177,8 +181,10 @@ fn build(options: &ServerOptions) -> Protocols {
         // The slowloris bound is the connection's own, cheaper timer.
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        // Bounds the request head; hyper answers 431 past it.
-        .max_buf_size(options.max_header_bytes)
+        // Bounds the read buffer, not the head: the head's own limit is
+        // checked exactly on the request path (431), and this is twice it
+        // so that hyper's cruder bound (also 431) never comes first.
+        .max_buf_size(options.max_header_bytes.saturating_mul(2))
         // Small responses dominate proxy traffic; one copy beats writev.
         .writev(false);
     let mut http2 = http2::Builder::new(TokioExecutor::new());

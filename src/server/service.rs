@@ -12,14 +12,20 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use http::{
     HeaderValue, Request, Response, StatusCode,
     header::{CONNECTION, UPGRADE},
 };
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use tokio::sync::oneshot;
+use tracing::debug;
 
-use super::transport::{OnUpgrade, Upgraded};
+use super::{
+    head::{self, HeadLimits},
+    transport::{OnUpgrade, Upgraded},
+};
 
 /// What a connection's service and its driver share.
 pub(super) struct ConnState {
@@ -130,14 +136,19 @@ where
     }
 }
 
-/// Adds `Connection: close` to HTTP/1 responses once the process drains,
-/// tells the connection's driver when requests begin and end (for the idle
-/// bound and parking), and arranges the hand-over of upgraded connections.
+/// Refuses an HTTP/1 head over its limits (see [`super::head`]), adds `Connection: close` to HTTP/1 responses once the
+/// process drains, tells the connection's driver when requests begin and
+/// end (for the idle bound and parking), and arranges the hand-over of
+/// upgraded connections.
 pub(super) struct ConnService<S> {
     pub(super) inner: S,
     /// `Some` on HTTP/1 connections: the process-wide draining flag.
     pub(super) close_when: Option<&'static AtomicBool>,
     pub(super) state: Arc<ConnState>,
+    /// The listener's head limits, checked on HTTP/1 requests.
+    pub(super) head: Option<&'static HeadLimits>,
+    /// For the log line of a refused head.
+    pub(super) peer: std::net::SocketAddr,
 }
 
 // === impl ConnService ===
@@ -148,13 +159,24 @@ where
 {
     type Response = Response<Tracked<B>>;
     type Error = S::Error;
-    type Future = ConnServiceFuture<S::Future>;
+    type Future = ConnServiceFuture<S::Future, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if let (Some(limits), Some(_)) = (self.head, self.close_when) {
+            if let Err(refusal) = head::check(&req, limits) {
+                let (reason, i) = refusal.reason();
+                if let Some(counter) = &limits.refused[i] {
+                    counter.inc();
+                }
+                debug!(peer = %self.peer, reason, "refused a request head over its limits; closing the connection");
+                let response = refusal.response().map(|body| Tracked { inner: Either::Right(body), _active: None });
+                return ConnServiceFuture::Refused { response: Some(response) };
+            }
+        }
         let upgrade = self.close_when.is_some() && req.headers().contains_key(UPGRADE);
         if upgrade {
             let (tx, on_upgrade) = OnUpgrade::pair();
@@ -164,33 +186,42 @@ where
             req.extensions_mut().insert(on_upgrade);
         }
         let active = Active::begin(&self.state);
-        ConnServiceFuture { inner: self.inner.call(req), close: self.close_when, upgrade, active: Some(active) }
+        ConnServiceFuture::Called { inner: self.inner.call(req), close: self.close_when, upgrade, active: Some(active) }
     }
 }
 
 pin_project_lite::pin_project! {
     /// Response future of [`ConnService`].
-    pub(super) struct ConnServiceFuture<F> {
-        #[pin]
-        inner: F,
-        close: Option<&'static AtomicBool>,
-        upgrade: bool,
-        active: Option<Active>,
+    #[project = ConnServiceProj]
+    pub(super) enum ConnServiceFuture<F, B> {
+        Called {
+            #[pin]
+            inner: F,
+            close: Option<&'static AtomicBool>,
+            upgrade: bool,
+            active: Option<Active>,
+        },
+        /// The head was refused; the stack never saw the request.
+        Refused { response: Option<Response<Tracked<B>>> },
     }
 }
 
-impl<F, B, E> Future for ConnServiceFuture<F>
+impl<F, B, E> Future for ConnServiceFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
     type Output = Result<Response<Tracked<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        let (inner, close, upgrade, active) = match self.project() {
+            ConnServiceProj::Called { inner, close, upgrade, active } => (inner, close, upgrade, active),
+            // Polled once: hyper does not poll a completed future.
+            ConnServiceProj::Refused { response } => return response.take().map_or(Poll::Pending, |r| Poll::Ready(Ok(r))),
+        };
+        let mut response = std::task::ready!(inner.poll(cx))?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let active = this.active.take();
-        if *this.upgrade {
+        let active = active.take();
+        if *upgrade {
             if let Some(active) = &active {
                 active.0.switched.store(switching, Ordering::Release);
             }
@@ -198,10 +229,10 @@ where
         // Checked at response time: a request that began before the drain
         // and ends during it still tells its client to go. An upgrade
         // response keeps its own `Connection: upgrade`.
-        if this.close.is_some_and(|d| d.load(Ordering::Relaxed)) && !switching {
+        if close.is_some_and(|d| d.load(Ordering::Relaxed)) && !switching {
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(response.map(|inner| Tracked { inner, _active: active })))
+        Poll::Ready(Ok(response.map(|inner| Tracked { inner: Either::Left(inner), _active: active })))
     }
 }
 
@@ -226,19 +257,24 @@ impl Drop for Active {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted as in progress.
+    /// A response body that keeps its request counted as in progress: the
+    /// stack's, or the short answer to a refused head.
     pub struct Tracked<B> {
         #[pin]
-        inner: B,
+        inner: Either<B, Full<Bytes>>,
         _active: Option<Active>,
     }
 }
 
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         self.project().inner.poll_frame(cx)
     }
 

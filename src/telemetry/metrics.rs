@@ -25,6 +25,10 @@ const STATUSES: usize = 500;
 /// Upstream failure kinds, in `outrider_upstream_errors_total{kind}`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "protocol", "unavailable"];
 
+/// Why outrider refused a request itself, in
+/// `outrider_refused_requests_total{reason}` (the error kinds of those answers).
+pub const REFUSED_REASONS: [&str; 4] = ["method_not_allowed", "payload_too_large", "header_too_large", "uri_too_long"];
+
 /// Latency buckets from 0.5 ms to 30 s: a sidecar adds well under a
 /// millisecond, legacy apps take seconds; both ends need resolution.
 const LATENCY_BUCKETS: [f64; 16] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -51,6 +55,7 @@ pub struct Metrics {
     pub spans_exported: IntCounter,
     pub spans_export_failed: IntCounter,
     pub load_shed: IntCounter,
+    pub refused: [IntCounter; REFUSED_REASONS.len()],
     pub app_ready: IntGauge,
     pub draining: IntGauge,
     pub drain_cut_connections: IntCounter,
@@ -108,6 +113,13 @@ impl Metrics {
         )?;
         registry.register(Box::new(upstream_duration.clone()))?;
 
+        let refused_vec = IntCounterVec::new(
+            Opts::new("outrider_refused_requests_total", "Requests outrider answered itself without forwarding them, by reason."),
+            &["reason"],
+        )?;
+        registry.register(Box::new(refused_vec.clone()))?;
+        let refused = REFUSED_REASONS.map(|r| refused_vec.with_label_values(&[r]));
+
         let build_info =
             IntGaugeVec::new(Opts::new("outrider_build_info", "Build information; the value is always 1."), &["version", "commit"])?;
         registry.register(Box::new(build_info.clone()))?;
@@ -139,6 +151,7 @@ impl Metrics {
                 "Spans in batches the collector refused or did not answer for; they are dropped, requests are unaffected.",
             )?,
             load_shed: counter("outrider_load_shed_total", "Requests refused with 503 because OUTRIDER_MAX_INFLIGHT were in flight.")?,
+            refused,
             app_ready: gauge("outrider_app_ready", "1 when the app passes its health check.")?,
             draining: gauge("outrider_draining", "1 once outrider has started draining.")?,
             drain_cut_connections: counter(
@@ -169,6 +182,11 @@ impl Metrics {
                 self.duration.with_label_values(&values)
             })
             .observe(seconds);
+    }
+
+    /// The refused-request counter for the error kind `kind`, if it is one.
+    pub fn refused(&self, kind: &str) -> Option<&IntCounter> {
+        REFUSED_REASONS.iter().position(|r| *r == kind).map(|i| &self.refused[i])
     }
 
     /// The upstream error counter for `kind` (one of [`UPSTREAM_ERROR_KINDS`]).

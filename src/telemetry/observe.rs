@@ -40,6 +40,7 @@ use super::{
 use crate::{
     body::{Counted, Outcome, RequestBody},
     server::ConnInfo,
+    trust::TrustedProxies,
 };
 
 static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
@@ -48,6 +49,7 @@ const CLIENT_CLOSED: u16 = 499;
 
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Options of the layer.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +63,8 @@ pub struct ObserveOptions {
     pub access_log: bool,
     /// `url.scheme` of this listener.
     pub scheme: &'static str,
+    /// Front proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Shared state of the layer. Built once and leaked: it lives as long as
@@ -104,16 +108,24 @@ impl Observer {
     pub fn layer<S>(&'static self, inner: S, conn: ConnInfo) -> Observe<S> {
         // Formatted once per connection, then shared by its spans.
         let client_address = self.tracer.as_ref().map(|_| StringValue::from(Arc::<str>::from(conn.remote.ip().to_canonical().to_string())));
+        let behind_proxy = self.options.trusted_proxies.contains(conn.remote.ip());
         Observe {
             inner,
             observer: self,
             conn,
-            attributes: ConnAttributes { client_address, host: LastSeen(None), user_agent: LastSeen(None) },
+            attributes: ConnAttributes { client_address, behind_proxy, host: LastSeen(None), user_agent: LastSeen(None) },
         }
     }
 
     fn start(&'static self, req: &mut Request<Incoming>, conn: &ConnInfo, cached: &mut ConnAttributes) -> Box<RequestState> {
         let start = Instant::now();
+        // Behind a trusted front proxy the client is the one it names.
+        let client = if cached.behind_proxy {
+            let forwarded_for = req.headers().get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+            self.options.trusted_proxies.client_from(forwarded_for)
+        } else {
+            None
+        };
         let method = method_index(req.method());
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
         let span = self.tracer.as_ref().map(|tracer| {
@@ -151,8 +163,13 @@ impl Observer {
                 attributes.push(KeyValue::new("server.address", name));
                 attributes.push(KeyValue::new("server.port", port));
             }
-            if let Some(client) = &cached.client_address {
-                attributes.push(KeyValue::new("client.address", client.clone()));
+            match client {
+                Some(client) => attributes.push(KeyValue::new("client.address", client.to_canonical().to_string())),
+                None => {
+                    if let Some(client) = &cached.client_address {
+                        attributes.push(KeyValue::new("client.address", client.clone()));
+                    }
+                }
             }
             attributes.push(KeyValue::new("network.protocol.version", version_label(req.version())));
             if let Some(ua) = req.headers().get(http::header::USER_AGENT) {
@@ -193,7 +210,7 @@ impl Observer {
             route,
             version: req.version(),
             uri: req.uri().clone(),
-            client: conn.remote,
+            client: client.unwrap_or(conn.remote.ip()),
             span,
             status: 0,
             bytes_out: 0,
@@ -214,7 +231,8 @@ struct RequestState {
     route: Option<usize>,
     version: Version,
     uri: http::Uri,
-    client: std::net::SocketAddr,
+    /// The client: the peer, or the one a trusted front proxy names.
+    client: std::net::IpAddr,
     span: Option<Span>,
     status: u16,
     bytes_out: u64,
@@ -269,7 +287,7 @@ impl RequestState {
                 duration_ms = millis(elapsed),
                 upstream_ms = self.upstream_ms,
                 bytes_out = self.bytes_out,
-                client = %self.client.ip(),
+                client = %self.client.to_canonical(),
                 protocol = version_label(self.version),
                 error = self.error_kind,
                 trace_id = ids.trace_id(),
@@ -293,7 +311,12 @@ impl RequestState {
             (None, Some(time)) => metrics.upstream_duration.observe(time.as_secs_f64()),
             (Some("overloaded"), _) => metrics.load_shed.inc(),
             (Some(kind), _) => {
-                let Some(cause) = outcome.upstream_failure() else { return };
+                let Some(cause) = outcome.upstream_failure() else {
+                    if let Some(counter) = metrics.refused(kind) {
+                        counter.inc();
+                    }
+                    return;
+                };
                 if let Some(counter) = metrics.upstream_error(kind) {
                     counter.inc();
                 }
@@ -364,6 +387,8 @@ pub struct Observe<S> {
 #[derive(Clone)]
 struct ConnAttributes {
     client_address: Option<StringValue>,
+    /// The peer is a trusted front proxy (`OUTRIDER_TRUSTED_PROXIES`).
+    behind_proxy: bool,
     /// `server.address` and `server.port`, from the last `Host`.
     host: LastSeen<(StringValue, i64)>,
     /// `user_agent.original`, from the last `User-Agent`.
