@@ -96,6 +96,10 @@ settings! {
     // The minimum leaves hyper room for a request line and common headers.
     /// Largest request head accepted; larger gets `431 Request Header Fields Too Large`.
     pub max_header_bytes: usize = "65536", number(8192, 16 << 20);
+    /// HTTP/2 clients are sent a PING after this long without a frame from them; `0` disables. With `OUTRIDER_H2_KEEPALIVE_TIMEOUT`, a client that went silent (a dead peer, a half-open connection) is closed instead of holding a connection slot forever.
+    pub h2_keepalive_interval: Option<Duration> = "30s", duration_or_off(DAY);
+    /// Time an HTTP/2 client has to answer that PING before its connection is closed.
+    pub h2_keepalive_timeout: Duration = "20s", duration(NONZERO, DAY);
     // nginx refuses a header line over 8 KiB by default; an app that sat
     // behind no proxy may have taken larger cookies, hence twice that.
     /// Longest request line or header line (name, `: `, value) accepted; a longer header line gets 431, a longer request line 414.

@@ -224,6 +224,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         max_connections: 1024,
         tls: None,
         head: None,
+        h2_keepalive: config.h2_keepalive_interval.map(|interval| (interval, config.h2_keepalive_timeout)),
     };
     let options = ServerOptions {
         connections: Some((metrics.connections_active.clone(), metrics.connections_total.clone())),

@@ -56,6 +56,9 @@ pub struct ServerOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Check HTTP/1 request heads against these (the public listener).
     pub head: Option<HeadLimits>,
+    /// HTTP/2: PING a client silent this long (`None`: never), and close
+    /// its connection if the answer takes longer than the timeout.
+    pub h2_keepalive: Option<(Duration, Duration)>,
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
@@ -191,6 +194,11 @@ fn build(options: &ServerOptions) -> Protocols {
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        // A client that went silent (dead, or half-open behind a NAT) would
+        // hold its connection slot forever: nothing else bounds an idle h2
+        // connection.
+        .keep_alive_interval(options.h2_keepalive.map(|(interval, _)| interval))
+        .keep_alive_timeout(options.h2_keepalive.map_or(Duration::from_secs(20), |(_, timeout)| timeout))
         // Bounds the cost of a rapid-reset flood (CVE-2023-44487).
         .max_pending_accept_reset_streams(Some(50))
         .max_concurrent_streams(Some(1024));
