@@ -100,6 +100,8 @@ settings! {
     pub h2_keepalive_interval: Option<Duration> = "30s", duration_or_off(DAY);
     /// Time an HTTP/2 client has to answer that PING before its connection is closed.
     pub h2_keepalive_timeout: Duration = "20s", duration(NONZERO, DAY);
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed; `0` disables. nginx's equivalent is 60 s, which breaks apps that ping less often.
+    pub tunnel_idle_timeout: Option<Duration> = "10m", duration_or_off(DAY);
     // nginx refuses a header line over 8 KiB by default; an app that sat
     // behind no proxy may have taken larger cookies, hence twice that.
     /// Longest request line or header line (name, `: `, value) accepted; a longer header line gets 431, a longer request line 414.

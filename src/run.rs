@@ -212,6 +212,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             client_cert_header: config.tls.as_ref().and_then(|t| t.client_cert_header.clone()),
             trusted_proxies: config.trusted_proxies.clone(),
             forwarded: config.forwarded,
+            tunnel_idle_timeout: config.tunnel_idle_timeout,
         },
         hold,
         drain.clone(),

@@ -72,3 +72,39 @@ async fn an_http2_client_that_answers_pings_keeps_its_connection() {
         "the idle connection survived the keep-alive rounds and was reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = App::start().await;
+    let o = outrider(&app.url()).env("OUTRIDER_TUNNEL_IDLE_TIMEOUT", "1s").start().await;
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", o.listen)).await.expect("the upgrade");
+    assert_eq!(response.status(), 101);
+    // In use for longer than the idle timeout: kept open.
+    let mut quiet = Instant::now();
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        ws.send(Message::text(format!("ping {i}"))).await.expect("send");
+        let echoed = tokio::time::timeout(PATIENCE, ws.next()).await.expect("an echo in time").expect("open").expect("a frame");
+        quiet = Instant::now();
+        assert_eq!(echoed.into_text().expect("text").as_str(), format!("ping {i}"));
+    }
+    // Then silent both ways: closed, without a close frame (the tunnel does
+    // not speak WebSocket), within a generous bound of the 1 s configured.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle tunnel was still open after {PATIENCE:?}");
+    let took = quiet.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "closed {took:?} after the last byte");
+}

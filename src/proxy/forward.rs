@@ -19,10 +19,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
 use super::{body::ProxyBody, client::UpstreamClient, error::ProxyError, headers, limits::UpstreamBody as RequestBody, pool};
-use crate::{
-    drain::{Phase, Watch},
-    gate::Gated,
-};
+use crate::drain::Watch;
 
 /// What forwarding needs, built once.
 pub(super) struct Inner {
@@ -38,6 +35,8 @@ pub(super) struct Inner {
     /// waits for them, and closed at its cut.
     pub(super) drain: Watch,
     pub(super) client_cert_header: Option<http::HeaderName>,
+    /// An upgraded connection silent both ways this long is closed.
+    pub(super) tunnel_idle_timeout: Option<Duration>,
 }
 
 /// How requests reach the app.
@@ -141,24 +140,15 @@ pub(super) async fn forward(
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let mut drain = inner.drain.clone();
+        let (drain, idle) = (inner.drain.clone(), inner.tunnel_idle_timeout);
         inner.drain.connections().spawn(
             async move {
-                let (mut client, app) = match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
+                let (client, app) = match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
                     (Ok(client), Ok(app)) => (client, app),
                     (Err(e), _) => return debug!(error = %e, "upgrade did not complete"),
                     (_, Err(e)) => return debug!(error = %e, "upgrade did not complete"),
                 };
-                let mut app = TokioIo::new(app);
-                tokio::select! {
-                    biased;
-                    copied = tokio::io::copy_bidirectional(&mut client, &mut app) => match copied {
-                        Ok((up, down)) => debug!(bytes_to_app = up, bytes_to_client = down, "upgraded connection closed"),
-                        Err(e) => debug!(error = %e, "upgraded connection ended with error"),
-                    },
-                    // Both sockets close as the task ends.
-                    () = Gated::new(drain.reached(Phase::Cut)) => debug!("upgraded connection closed at the drain timeout"),
-                }
+                super::tunnel::splice(client, TokioIo::new(app), idle, drain).await;
             }
             .in_current_span(),
         );

@@ -6,7 +6,7 @@
 //!    requests in flight → 503.
 //! 2. [`forward`]: rewrite the head (hop-by-hop headers, `X-Forwarded-*`,
 //!    `Via`, the URI), send it bounded by the request timeout, splice the
-//!    connections after a `101`.
+//!    connections after a `101` ([`tunnel`]).
 //! 3. [`pool`] (HTTP/1, connections driven by the requests using them) or
 //!    [`client`] (HTTP/2, hyper-util's client).
 //! 4. [`hold`]: on the connect path only, wait while the app refuses
@@ -28,6 +28,7 @@ pub mod limits;
 pub mod pool;
 #[cfg(test)]
 mod tests;
+mod tunnel;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -80,6 +81,8 @@ pub struct ProxyOptions {
     pub trusted_proxies: TrustedProxies,
     /// Send RFC 7239 `Forwarded` too.
     pub forwarded: bool,
+    /// An upgraded connection silent both ways this long is closed.
+    pub tunnel_idle_timeout: Option<Duration>,
 }
 
 /// The proxy, shared by every connection of the public listener. Built
@@ -122,6 +125,7 @@ impl Proxy {
                 scheme: options.scheme,
                 drain,
                 client_cert_header: options.client_cert_header.clone(),
+                tunnel_idle_timeout: options.tunnel_idle_timeout,
             })),
             bounds: Box::leak(Box::new(Bounds {
                 max_inflight: options.max_inflight,

@@ -87,6 +87,7 @@ fn options(app: SocketAddr) -> ProxyOptions {
         client_cert_header: None,
         trusted_proxies: TrustedProxies::default(),
         forwarded: false,
+        tunnel_idle_timeout: None,
     }
 }
 
