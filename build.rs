@@ -1,14 +1,19 @@
 //! Stamps the git commit into `outrider --version` and `outrider_build_info`
-//! as `OUTRIDER_COMMIT`. An explicit `OUTRIDER_COMMIT` wins: the container
+//! as `BUILD_GIT_COMMIT`. An explicit `OUTRIDER_COMMIT` wins: the container
 //! build passes it as a build argument, since `.git` is not in its context;
 //! else the checkout's HEAD; else "unknown".
+//!
+//! The stamp is not named `OUTRIDER_*`: `cargo run` and `cargo test` put a
+//! build script's `rustc-env` values into the program's environment, where
+//! outrider refuses unknown `OUTRIDER_*` variables (README's first command
+//! failed with "unknown variable OUTRIDER_COMMIT" when it was).
 
 use std::{path::Path, process::Command};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=OUTRIDER_COMMIT");
     if let Some(commit) = std::env::var("OUTRIDER_COMMIT").ok().filter(|c| !c.is_empty()) {
-        println!("cargo:rustc-env=OUTRIDER_COMMIT={commit}");
+        println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
         return;
     }
     // Rebuilt when HEAD moves: a checkout rewrites HEAD, a commit the ref it
@@ -30,5 +35,5 @@ fn main() {
         .filter(|out| out.status.success())
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()));
-    println!("cargo:rustc-env=OUTRIDER_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
 }

@@ -14,7 +14,7 @@ use crate::{
 pub const EX_CONFIG: u8 = 2;
 
 /// `outrider --version`: the release and the commit it was built from.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OUTRIDER_COMMIT"), ")");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")");
 
 /// A sidecar reverse proxy that gives a legacy HTTP app tracing, metrics,
 /// probes and a lossless shutdown. Every flag has an OUTRIDER_* variable;

@@ -111,7 +111,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     };
     // Telemetry before the app: a bad OTEL_* value must not leave it running.
     let metrics: &'static Metrics =
-        Box::leak(Box::new(Metrics::new(&config.routes_list(), env!("CARGO_PKG_VERSION"), env!("OUTRIDER_COMMIT"))?));
+        Box::leak(Box::new(Metrics::new(&config.routes_list(), env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_COMMIT"))?));
     let service_name = command
         .first()
         .and_then(|c| std::path::Path::new(c).file_name())
@@ -275,7 +275,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             _ => "sidecar",
         },
         version = env!("CARGO_PKG_VERSION"),
-        commit = env!("OUTRIDER_COMMIT"),
+        commit = env!("BUILD_GIT_COMMIT"),
         traces = %traces_to,
         "outrider started"
     );

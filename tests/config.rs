@@ -183,3 +183,17 @@ fn bad_export_settings_exit_2_naming_the_variable() {
         assert!(lines[0].contains(&format!("{var}={value:?}")), "{var} not named: {stderr}");
     }
 }
+
+#[test]
+fn the_build_scripts_stamps_are_not_outrider_variables() {
+    // `cargo run` and `cargo test` put a build script's `rustc-env` values
+    // into the program's environment, where outrider refuses an unknown
+    // `OUTRIDER_*`: the README's `cargo run` once failed on its own
+    // commit stamp that way.
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/build.rs")).expect("build.rs");
+    let names: Vec<&str> = script.split("cargo:rustc-env=").skip(1).filter_map(|rest| rest.split('=').next()).collect();
+    assert!(!names.is_empty(), "no rustc-env stamp found in build.rs");
+    for name in names {
+        assert!(!name.starts_with("OUTRIDER_"), "build.rs exports {name} into `cargo run`'s environment");
+    }
+}

@@ -107,14 +107,14 @@ fn script(path: &str, (var, image): (&str, &str)) -> String {
     let mut command = Command::new("bash");
     command.arg(Path::new(ROOT).join(path)).env(var, image);
     // Cargo runs a test with its package's variables set (and the build
-    // script's `rustc-env` values, OUTRIDER_COMMIT among them). Build
-    // scripts watch some of them (ring: CARGO_MANIFEST_DIR; build.rs:
-    // OUTRIDER_COMMIT), so passed on they would make the script's release
-    // build redo what the benchmark or a developer built a moment ago.
+    // script's `rustc-env` values). Build scripts watch some of them (ring:
+    // CARGO_MANIFEST_DIR), so passed on they would make the script's
+    // release build redo what the benchmark or a developer built a moment
+    // ago.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         let from_cargo_test = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_"].iter().any(|p| key.starts_with(p))
-            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR", "OUTRIDER_COMMIT"].contains(&key.as_ref());
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR", "BUILD_GIT_COMMIT"].contains(&key.as_ref());
         if from_cargo_test {
             command.env_remove(key.as_ref());
         }
