@@ -221,25 +221,55 @@ impl Config {
     /// # Errors
     /// Returns a [`ConfigError`] naming the offending variable.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
-        check_env_names(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))?;
+        // A name that is not UTF-8 can be no setting's: left out, as the
+        // check of names always did. Values are read lossily, as before.
+        let vars = std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.to_string_lossy().into_owned())));
+        let file = std::env::var_os("OUTRIDER_CONFIG").map(|path| TomlSource::File(PathBuf::from(path)));
+        Self::load_sources(vars, file, overrides)
+    }
+
+    /// [`Config::load`] with `vars` standing for the environment and `toml`
+    /// for the content of the file `OUTRIDER_CONFIG` names (an
+    /// `OUTRIDER_CONFIG` among `vars` is ignored). The process environment
+    /// is not read: the config fuzz target and tests load through this.
+    ///
+    /// # Errors
+    /// Returns a [`ConfigError`] naming the offending variable.
+    pub fn load_from(
+        vars: impl IntoIterator<Item = (String, String)>,
+        toml: Option<&str>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        Self::load_sources(vars, toml.map(TomlSource::Text), overrides)
+    }
+
+    fn load_sources(
+        vars: impl IntoIterator<Item = (String, String)>,
+        file: Option<TomlSource<'_>>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        check_env_names(vars.iter().map(|(name, _)| name.clone()))?;
         let mut raw = RawConfig::default();
-        if let Some(path) = std::env::var_os("OUTRIDER_CONFIG") {
-            let path = PathBuf::from(path);
-            if !path.is_file() {
-                let (var, value) = ("OUTRIDER_CONFIG".into(), path.display().to_string());
-                return Err(ConfigError::Invalid { var, value, origin: String::new(), reason: "no such file".into() });
+        match file {
+            None => {}
+            Some(TomlSource::File(path)) => {
+                if !path.is_file() {
+                    let (var, value) = ("OUTRIDER_CONFIG".into(), path.display().to_string());
+                    return Err(ConfigError::Invalid { var, value, origin: String::new(), reason: "no such file".into() });
+                }
+                raw.merge_toml(Toml::file_exact(&path), &path.display().to_string())?;
             }
-            raw.merge_toml(Toml::file_exact(&path), &path.display().to_string())?;
+            Some(TomlSource::Text(text)) => raw.merge_toml(Toml::string(text), "the TOML text")?,
         }
         // Values verbatim: parsing belongs to the kinds, so a bad value gets
         // the same error whatever its source. Names match as they did when
         // figment's Env provider read them (prefix in any case, trimmed), so
         // no deployment's variable stops being read.
-        for (name, value) in std::env::vars_os() {
-            let name = name.to_string_lossy();
+        for (name, value) in vars {
             if let Some((prefix, key)) = name.trim().split_at_checked(ENV_PREFIX.len()) {
                 if prefix.eq_ignore_ascii_case(ENV_PREFIX) {
-                    raw.set_from(&key.trim().to_ascii_lowercase(), value.to_string_lossy().into_owned(), "");
+                    raw.set_from(&key.trim().to_ascii_lowercase(), value, "");
                 }
             }
         }
@@ -253,6 +283,14 @@ impl Config {
     pub fn routes_list(&self) -> Vec<&str> {
         (0..self.routes.len()).map(|i| self.routes.template(i)).collect()
     }
+}
+
+/// Where the TOML layer comes from.
+enum TomlSource<'a> {
+    /// The file `OUTRIDER_CONFIG` names.
+    File(PathBuf),
+    /// Its content, given directly ([`Config::load_from`]).
+    Text(&'a str),
 }
 
 /// Prefix of every environment variable outrider reads.
@@ -944,6 +982,22 @@ mod tests {
         assert!(e.starts_with("invalid OUTRIDER_LISTEN="), "{e}");
         let e = RawConfig::default().merge_toml(Toml::string("[lisen]\nx = 1"), "f.toml").unwrap_err().to_string();
         assert_eq!(e, "unknown key `lisen` in f.toml (OUTRIDER_CONFIG); did you mean `listen`?");
+    }
+
+    #[test]
+    fn load_from_layers_text_environment_and_flags_like_load() {
+        use clap::{Args, FromArgMatches};
+        let cmd = Overrides::augment_args(clap::Command::new("outrider"));
+        let overrides = Overrides::from_arg_matches(&cmd.try_get_matches_from(["outrider", "--log", "debug"]).unwrap()).unwrap();
+        let vars = [("OUTRIDER_LISTEN", "127.0.0.1:2"), ("OUTRIDER_LOG", "warn"), ("OUTRIDER_CONFIG", "/nonexistent"), ("PATH", "/bin")];
+        let vars = vars.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let toml = "listen = \"127.0.0.1:1\"\nvia = true\nlog = \"error\"";
+        let c = Config::load_from(vars.clone(), Some(toml), &overrides).unwrap();
+        assert_eq!((c.listen, c.via, c.log.as_str()), ("127.0.0.1:2".parse().unwrap(), true, "debug"));
+        let e = Config::load_from(vars, Some("lisen = 1"), &overrides).unwrap_err().to_string();
+        assert_eq!(e, "unknown key `lisen` in the TOML text (OUTRIDER_CONFIG); did you mean `listen`?");
+        let e = Config::load_from([("OUTRIDER_LISTN".to_owned(), String::new())], None, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.starts_with("unknown variable OUTRIDER_LISTN; did you mean OUTRIDER_LISTEN?"), "{e}");
     }
 
     #[test]

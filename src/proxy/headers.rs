@@ -38,13 +38,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(CONNECTION) {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(CONNECTION) {
-            let Ok(value) = value.to_str() else { continue };
-            for token in value.split(',') {
-                let token = token.trim();
-                if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+            for token in list_elements(value) {
+                if token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive") {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if let Ok(name) = HeaderName::from_bytes(token) {
                     // A client must not be able to make us drop the Host.
                     if name != HOST {
                         named.push(name);
@@ -94,10 +92,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// True when an HTTP/1.1 request asks to switch protocols.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && headers.get_all(CONNECTION).iter().any(|v| list_elements(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
+}
+
+/// The elements of a comma-separated list value, read from its bytes, so
+/// that a byte outside visible ASCII (obs-text) in one element does not hide
+/// the others: `Connection: x-secret, \xff` still names `x-secret`.
+fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
 /// Appends `value` to the comma-separated list in `name`, folding any
@@ -280,6 +282,24 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    /// Found by the `headers` fuzz target
+    /// (fuzz/corpus-regressions/headers/connection-obs-text): a `Connection`
+    /// value with one non-ASCII byte was skipped whole, so the headers it
+    /// named were forwarded and the upgrade it asked for was not seen.
+    #[test]
+    fn connection_is_read_from_bytes() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_bytes(b"upgrade,via\xff").unwrap());
+        h.append(UPGRADE, HeaderValue::from_bytes(b"\xdd").unwrap());
+        assert!(is_upgrade_request(&h));
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_bytes(b"x-secret, \xff, Keep-Alive").unwrap());
+        h.append("x-secret", HeaderValue::from_static("1"));
+        h.append("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-keep"]);
     }
 
     fn hop(client: &str, trusted: bool, forwarded: bool) -> Hop {

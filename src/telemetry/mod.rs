@@ -55,5 +55,8 @@ mod env;
 pub mod metrics;
 pub mod observe;
 pub mod otel;
-mod otlp;
+// Public (and hidden) only for the fuzz target fuzz/fuzz_targets/otlp.rs,
+// which checks the encoder against opentelemetry-proto.
+#[doc(hidden)]
+pub mod otlp;
 pub mod routes;

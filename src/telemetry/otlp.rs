@@ -372,7 +372,10 @@ fn attributes(buf: &mut Vec<u8>, field: u32, attributes: &[KeyValue]) {
 }
 
 /// `ResourceSpans.resource` (field 1) and `.schema_url` (field 3).
-fn encode_resource(resource: &Resource) -> Vec<u8> {
+///
+/// Public (and hidden) only for the fuzz target `fuzz/fuzz_targets/otlp.rs`.
+#[doc(hidden)]
+pub fn encode_resource(resource: &Resource) -> Vec<u8> {
     let mut inner = Vec::new();
     for (key, value) in resource.iter() {
         key_value(&mut inner, 1, key.as_str(), value);
@@ -461,8 +464,11 @@ fn encode_span(buf: &mut Vec<u8>, span: &SpanData) {
 }
 
 /// An `ExportTraceServiceRequest` holding `batch`; with `grpc`, behind
-/// gRPC's 5-byte message prefix.
-fn encode_request(resource: &[u8], batch: &[SpanData], grpc: bool) -> Vec<u8> {
+/// gRPC's 5-byte message prefix. `resource` comes from [`encode_resource`].
+///
+/// Public (and hidden) only for the fuzz target `fuzz/fuzz_targets/otlp.rs`.
+#[doc(hidden)]
+pub fn encode_request(resource: &[u8], batch: &[SpanData], grpc: bool) -> Vec<u8> {
     // Spans grouped by instrumentation scope, in order of first sight
     // (nearly always one scope).
     let mut scopes: Vec<(&InstrumentationScope, Vec<u8>)> = Vec::new();
