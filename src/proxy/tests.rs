@@ -100,9 +100,14 @@ fn build(options: &ProxyOptions) -> Proxy {
 
 const CLIENT: &str = "192.0.2.7:40000";
 
-/// Sends `req` through `proxy` over an in-memory connection; the status,
-/// headers and whole body that come back.
-async fn send(proxy: Proxy, req: Request<Full<Bytes>>) -> (http::response::Parts, Bytes) {
+/// A client connection to `proxy` over an in-memory pipe: a hyper server
+/// on the far end calls the proxy's per-connection service with `oneshot`.
+async fn connect<B>(proxy: Proxy) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let conn = ConnInfo {
         remote: CLIENT.parse().expect("an address"),
@@ -116,9 +121,15 @@ async fn send(proxy: Proxy, req: Request<Full<Bytes>>) -> (http::response::Parts
         });
         let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server_io), service).await;
     });
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io)).await.expect("handshake");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io)).await.expect("handshake");
     tokio::spawn(connection);
-    let response = sender.send_request(req).await.expect("a response");
+    sender
+}
+
+/// Sends `req` through `proxy`; the status, headers and whole body that
+/// come back.
+async fn send(proxy: Proxy, req: Request<Full<Bytes>>) -> (http::response::Parts, Bytes) {
+    let response = connect(proxy).await.send_request(req).await.expect("a response");
     let (parts, body) = response.into_parts();
     (parts, body.collect().await.map(|b| b.to_bytes()).unwrap_or_default())
 }
@@ -195,26 +206,11 @@ async fn a_declared_body_over_the_limit_gets_413_and_a_streamed_one_is_cut() {
 async fn a_chunked_body_growing_past_the_limit_gets_413() {
     let (addr, _seen) = app(Duration::ZERO).await;
     let proxy = build(&ProxyOptions { max_body_bytes: 4, ..options(addr) });
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let conn = ConnInfo {
-        remote: CLIENT.parse().expect("an address"),
-        local: "127.0.0.1:8080".parse().expect("an address"),
-        tls: false,
-        client_subject: None,
-    };
-    tokio::spawn(async move {
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            proxy.service(conn.clone()).oneshot(req.map(|body| Counted::new(body, None)))
-        });
-        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server_io), service).await;
-    });
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io)).await.expect("handshake");
-    tokio::spawn(connection);
     // No length: sent chunked, so only the stream can tell it is too big.
     let frames = ["123", "45"].map(|chunk| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(chunk.as_bytes()))));
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
     let req = Request::post("/upload").header("host", "a").body(body).expect("a request");
-    let response = sender.send_request(req).await.expect("a response");
+    let response = connect(proxy).await.send_request(req).await.expect("a response");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
