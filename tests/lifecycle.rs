@@ -23,6 +23,15 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Wrap-mode arguments for the stand-in app on `port`, logging to `log`,
+/// that starts listening only once the test creates `gate`.
+fn gated_app(port: u16, log: &std::path::Path, gate: &std::path::Path) -> Vec<String> {
+    let mut args: Vec<String> = ["--", "python3", FIXTURE, "--port"].map(String::from).into();
+    args.push(port.to_string());
+    args.extend(["--log".into(), log.to_string_lossy().into_owned(), "--start-when".into(), gate.to_string_lossy().into_owned()]);
+    args
+}
+
 fn temp_file(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     std::env::temp_dir().join(format!("outrider-{name}-{}-{nanos}", std::process::id()))
@@ -198,17 +207,7 @@ async fn requests_sent_before_the_app_listens_are_held_not_failed() {
         // Once the app has started it is checked every 30 s; until then
         // every 100 ms, which is what must flip the probes promptly.
         .env("OUTRIDER_APP_HEALTH_INTERVAL", "30s")
-        .args([
-            "--",
-            "python3",
-            FIXTURE,
-            "--port",
-            &port.to_string(),
-            "--log",
-            log.to_str().unwrap(),
-            "--start-when",
-            gate.to_str().unwrap(),
-        ])
+        .args(gated_app(port, &log, &gate))
         .start()
         .await;
     let startupz = proxy.admin_url("/startupz");
@@ -523,20 +522,7 @@ async fn wait_ready_exits_0_once_ready_and_1_on_timeout() {
     let log = temp_file("wait-app.log");
     // The app listens only once the test creates this file.
     let gate = temp_file("wait-app.gate");
-    let proxy = outrider(&format!("http://127.0.0.1:{port}"))
-        .args([
-            "--",
-            "python3",
-            FIXTURE,
-            "--port",
-            &port.to_string(),
-            "--log",
-            log.to_str().unwrap(),
-            "--start-when",
-            gate.to_str().unwrap(),
-        ])
-        .start()
-        .await;
+    let proxy = outrider(&format!("http://127.0.0.1:{port}")).args(gated_app(port, &log, &gate)).start().await;
     let admin = proxy.admin.to_string();
     let early = tokio::task::spawn_blocking({
         let admin = admin.clone();
