@@ -97,12 +97,26 @@ impl Metrics {
             Ok(c)
         };
 
-        let upstream_errors_vec = IntCounterVec::new(
-            Opts::new("outrider_upstream_errors_total", "Requests that failed between outrider and the app, by kind."),
-            &["kind"],
+        // A counter family with one label over a fixed set of values, each
+        // series resolved once so that requests never look a label up.
+        fn labelled<const N: usize>(
+            registry: &Registry,
+            name: &str,
+            help: &str,
+            label: &str,
+            values: [&str; N],
+        ) -> Result<[IntCounter; N], prometheus::Error> {
+            let family = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(family.clone()))?;
+            Ok(values.map(|v| family.with_label_values(&[v])))
+        }
+        let upstream_errors = labelled(
+            &registry,
+            "outrider_upstream_errors_total",
+            "Requests that failed between outrider and the app, by kind.",
+            "kind",
+            UPSTREAM_ERROR_KINDS,
         )?;
-        registry.register(Box::new(upstream_errors_vec.clone()))?;
-        let upstream_errors = UPSTREAM_ERROR_KINDS.map(|k| upstream_errors_vec.with_label_values(&[k]));
 
         let upstream_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -113,12 +127,13 @@ impl Metrics {
         )?;
         registry.register(Box::new(upstream_duration.clone()))?;
 
-        let refused_vec = IntCounterVec::new(
-            Opts::new("outrider_refused_requests_total", "Requests outrider answered itself without forwarding them, by reason."),
-            &["reason"],
+        let refused = labelled(
+            &registry,
+            "outrider_refused_requests_total",
+            "Requests outrider answered itself without forwarding them, by reason.",
+            "reason",
+            REFUSED_REASONS,
         )?;
-        registry.register(Box::new(refused_vec.clone()))?;
-        let refused = REFUSED_REASONS.map(|r| refused_vec.with_label_values(&[r]));
 
         let build_info =
             IntGaugeVec::new(Opts::new("outrider_build_info", "Build information; the value is always 1."), &["version", "commit"])?;
