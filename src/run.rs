@@ -234,7 +234,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         head: Some(server::HeadLimits {
             max_head_bytes: config.max_header_bytes,
             max_line_bytes: config.max_header_line_bytes,
-            refused: ["header_too_large", "uri_too_long"].map(|reason| metrics.refused(reason).cloned()),
+            refused: server::REFUSED_HEAD_REASONS.map(|reason| metrics.refused(reason).cloned()),
         }),
         ..admin_options.clone()
     };

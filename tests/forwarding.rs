@@ -98,22 +98,31 @@ async fn a_line_over_the_line_limit_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn content_length_with_transfer_encoding_smuggles_nothing() {
+async fn content_length_with_transfer_encoding_is_refused_and_the_connection_closed() {
     let app = App::start().await;
     let o = outrider(&app.url()).start().await;
     // The classic CL.TE smuggling shape: a second request hidden in a body
     // that Content-Length says is 4 bytes long and chunked framing says is
-    // empty. Chunked wins, and the connection closes after the response, so
-    // what follows is never read as a request.
-    let smuggled = b"POST /count HTTP/1.1\r\nhost: app\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n\
+    // empty; then TE.CL, the headers the other way round.
+    let cl_te = b"POST /count HTTP/1.1\r\nhost: app\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n\
         0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app\r\n\r\n";
-    let (status, closed, text) = one_write(o.listen, smuggled).await;
+    let te_cl = b"POST /count HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nContent-Length: 48\r\n\r\n\
+        0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app\r\n\r\n";
+    for (name, smuggled) in [("CL.TE", &cl_te[..]), ("TE.CL", &te_cl[..])] {
+        let (status, closed, text) = one_write(o.listen, smuggled).await;
+        assert_eq!(status, 400, "{name}: {text}");
+        assert!(closed, "{name}: the connection must close after an ambiguous request");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{name}: the hidden request was answered: {text}");
+    }
+    assert_eq!(app.count(), 0, "nothing reaches the app");
+    assert_eq!(o.metric("outrider_refused_requests_total{reason=\"ambiguous_length\"}").await, Some(2.0));
+    o.wait_log("the refusal's log line", |l| l.contains("ambiguous_length") && l.contains("refused a request head")).await;
+
+    // A chunked request on its own is served as before.
+    let chunked = b"POST /count HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n";
+    let (status, _, text) = one_write(o.listen, chunked).await;
     assert_eq!(status, 200, "{text}");
-    assert!(closed, "the connection must close after an ambiguous request");
-    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "the hidden request was answered: {text}");
     assert_eq!(app.count(), 1);
-    assert_eq!(app.last().uri, "/count", "only the outer request reached the app");
-    assert!(!app.last().headers.contains_key("content-length") || app.last().headers["content-length"] == "0");
 }
 
 /// A request claiming to have come over HTTPS from 203.0.113.1.

@@ -34,6 +34,7 @@ use crate::gate::Gated;
 use crate::drain::{Phase, Phases};
 
 use super::{
+    framing::Scanned,
     service::{ConnService, ConnState, InPlace},
     transport::{Protocol, Rewind, Transport, Upgraded},
 };
@@ -172,7 +173,9 @@ async fn serve_http1<T, S, B>(
     let mut drain = false;
     loop {
         // Boxed so that a parked connection's task holds only the socket.
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service));
+        // Each hyper connection starts at a message boundary, so does the scan.
+        let scanned = Scanned::new(io, idle.state.clone());
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(scanned), service));
         let (mut parking, mut closing) = (false, false);
         let round = Instant::now();
         timer.as_mut().reset(round + PARK_AFTER);
@@ -215,7 +218,7 @@ async fn serve_http1<T, S, B>(
         }
         let parts = conn.into_parts();
         service = parts.service;
-        io = parts.io.into_inner();
+        io = parts.io.into_inner().into_inner();
         io.unread(parts.read_buf);
         if let Some(upgrade) = idle.state.take_upgrade() {
             // The proxy splices it to the app; if it gave up, the client

@@ -9,19 +9,20 @@
 //!   `name: value CRLF`, the final CRLF; spaces around a value that hyper
 //!   trimmed are not counted).
 //!
+//! * A head with both `Content-Length` and `Transfer-Encoding` → 400. hyper
+//!   drops the `Content-Length` before the request gets here, so the raw
+//!   head is looked at as it is read (see [`super::framing`]); what
+//!   arrives here is a request with `Transfer-Encoding` on a connection
+//!   where such a head was seen.
+//!
 //! Each is answered with the connection closed: what follows such a head on
 //! the connection cannot be trusted to be a request.
-//!
-//! (`Content-Length` together with `Transfer-Encoding` never gets here:
-//! hyper drops the `Content-Length`, reads the body as chunked, and closes
-//! the connection after the response, so a request hidden in the body is
-//! never read as one. nginx and Envoy answer 400 instead; doing the same
-//! needs a look at the raw head below hyper.)
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use prometheus::IntCounter;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The limits, and the counters of what they refused
 /// (`outrider_refused_requests_total{reason}`).
@@ -29,24 +30,27 @@ use prometheus::IntCounter;
 pub struct HeadLimits {
     pub max_head_bytes: usize,
     pub max_line_bytes: usize,
-    /// `[header_too_large, uri_too_long]`.
-    pub refused: [Option<IntCounter>; 2],
+    /// One for each [`Refusal`], in the order of `REASONS`.
+    pub refused: [Option<IntCounter>; 3],
 }
+
+/// The `reason` label of each [`Refusal`], in the order of
+/// [`HeadLimits::refused`].
+pub const REASONS: [&str; 3] = ["header_too_large", "uri_too_long", "ambiguous_length"];
 
 /// Why a head was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
-    HeaderTooLarge,
-    UriTooLong,
+    HeaderTooLarge = 0,
+    UriTooLong = 1,
+    AmbiguousLength = 2,
 }
 
 impl Refusal {
     /// The label value, and the index of the counter.
     pub(super) fn reason(self) -> (&'static str, usize) {
-        match self {
-            Self::HeaderTooLarge => ("header_too_large", 0),
-            Self::UriTooLong => ("uri_too_long", 1),
-        }
+        let i = self as usize;
+        (REASONS[i], i)
     }
 
     /// The answer: short plain text, connection closed.
@@ -57,6 +61,9 @@ impl Refusal {
                 "431 Request Header Fields Too Large: the request head or one of its lines exceeds the limit\n",
             ),
             Self::UriTooLong => (StatusCode::URI_TOO_LONG, "414 URI Too Long: the request line exceeds the limit\n"),
+            Self::AmbiguousLength => {
+                (StatusCode::BAD_REQUEST, "400 Bad Request: the request has both Content-Length and Transfer-Encoding\n")
+            }
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;
@@ -67,9 +74,14 @@ impl Refusal {
     }
 }
 
-/// Checks an HTTP/1 request's head against the limits.
-pub(super) fn check<B>(req: &Request<B>, limits: &HeadLimits) -> Result<(), Refusal> {
+/// Checks an HTTP/1 request's head against the limits; `ambiguous_heads`
+/// counts the connection's heads that had both framings.
+pub(super) fn check<B>(req: &Request<B>, limits: &HeadLimits, ambiguous_heads: &AtomicUsize) -> Result<(), Refusal> {
     let headers = req.headers();
+    // The load first: it is zero on every connection but an attacker's.
+    if ambiguous_heads.load(Ordering::Relaxed) > 0 && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Refusal::AmbiguousLength);
+    }
     let uri = req.uri();
     let mut target = uri.path_and_query().map_or(1, |pq| pq.as_str().len());
     if let Some(authority) = uri.authority() {
@@ -99,7 +111,11 @@ pub(super) fn check<B>(req: &Request<B>, limits: &HeadLimits) -> Result<(), Refu
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits { max_head_bytes: 100, max_line_bytes: 40, refused: [None, None] };
+    const LIMITS: HeadLimits = HeadLimits { max_head_bytes: 100, max_line_bytes: 40, refused: [None, None, None] };
+
+    fn check_<B>(req: &Request<B>, limits: &HeadLimits) -> Result<(), Refusal> {
+        check(req, limits, &AtomicUsize::new(0))
+    }
 
     fn request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut req = Request::get(target).body(()).expect("a request");
@@ -115,15 +131,25 @@ mod tests {
         // "GET / HTTP/1.1\r\n" (16) + "host: a\r\n" (9) + "\r\n" (2) = 27
         // bytes, and "x: VALUE\r\n" is 5 + VALUE: 68 bytes of value make 100.
         let with = |len: usize| request("/", &[("host", "a"), ("x", &"f".repeat(len))]);
-        assert_eq!(check(&with(67), &limits), Ok(()), "under");
-        assert_eq!(check(&with(68), &limits), Ok(()), "exactly at the limit");
-        assert_eq!(check(&with(69), &limits), Err(Refusal::HeaderTooLarge), "one byte over");
+        assert_eq!(check_(&with(67), &limits), Ok(()), "under");
+        assert_eq!(check_(&with(68), &limits), Ok(()), "exactly at the limit");
+        assert_eq!(check_(&with(69), &limits), Err(Refusal::HeaderTooLarge), "one byte over");
     }
 
     #[test]
     fn long_lines() {
-        assert_eq!(check(&request(&format!("/{}", "p".repeat(40)), &[]), &LIMITS), Err(Refusal::UriTooLong));
-        assert_eq!(check(&request("/", &[("cookie", &"c".repeat(40))]), &LIMITS), Err(Refusal::HeaderTooLarge));
-        assert_eq!(check(&request("http://a.example/x", &[]), &LIMITS), Ok(()));
+        assert_eq!(check_(&request(&format!("/{}", "p".repeat(40)), &[]), &LIMITS), Err(Refusal::UriTooLong));
+        assert_eq!(check_(&request("/", &[("cookie", &"c".repeat(40))]), &LIMITS), Err(Refusal::HeaderTooLarge));
+        assert_eq!(check_(&request("http://a.example/x", &[]), &LIMITS), Ok(()));
+    }
+
+    #[test]
+    fn a_chunked_request_after_an_ambiguous_head_is_refused() {
+        let limits = HeadLimits { max_line_bytes: 100, ..LIMITS };
+        let seen = AtomicUsize::new(1);
+        assert_eq!(check(&request("/", &[("transfer-encoding", "chunked")]), &limits, &seen), Err(Refusal::AmbiguousLength));
+        assert_eq!(check(&request("/", &[("content-length", "0")]), &limits, &seen), Ok(()), "hyper answers one with a single framing");
+        let clean = AtomicUsize::new(0);
+        assert_eq!(check(&request("/", &[("transfer-encoding", "chunked")]), &limits, &clean), Ok(()));
     }
 }

@@ -10,11 +10,12 @@
 //! nothing wrong; they just do not get keep-alive.
 
 mod conn;
+mod framing;
 mod head;
 mod service;
 mod transport;
 
-pub use head::HeadLimits;
+pub use head::{HeadLimits, REASONS as REFUSED_HEAD_REASONS};
 pub use transport::{NotUpgraded, OnUpgrade, Upgraded};
 
 use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};

@@ -20,7 +20,7 @@ use http::{
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::info;
 
 use super::{
     head::{self, HeadLimits},
@@ -39,6 +39,9 @@ pub(super) struct ConnState {
     /// Where an upgrade request waits for its connection. Only touched by
     /// requests that ask to upgrade.
     upgrade: Mutex<Option<oneshot::Sender<Upgraded>>>,
+    /// Heads with both `Content-Length` and `Transfer-Encoding` read on
+    /// this connection (see [`super::framing`]).
+    pub(super) ambiguous_heads: AtomicUsize,
 }
 
 impl ConnState {
@@ -48,6 +51,7 @@ impl ConnState {
             idle_since: AtomicU64::new(since_epoch()),
             switched: AtomicBool::new(false),
             upgrade: Mutex::new(None),
+            ambiguous_heads: AtomicUsize::new(0),
         }
     }
 
@@ -167,12 +171,12 @@ where
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         if let (Some(limits), Some(_)) = (self.head, self.close_when) {
-            if let Err(refusal) = head::check(&req, limits) {
+            if let Err(refusal) = head::check(&req, limits, &self.state.ambiguous_heads) {
                 let (reason, i) = refusal.reason();
                 if let Some(counter) = &limits.refused[i] {
                     counter.inc();
                 }
-                debug!(peer = %self.peer, reason, "refused a request head over its limits; closing the connection");
+                info!(peer = %self.peer, reason, "refused a request head; closing the connection");
                 let response = refusal.response().map(|body| Tracked { inner: Either::Right(body), _active: None });
                 return ConnServiceFuture::Refused { response: Some(response) };
             }

@@ -27,7 +27,7 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "pro
 
 /// Why outrider refused a request itself, in
 /// `outrider_refused_requests_total{reason}` (the error kinds of those answers).
-pub const REFUSED_REASONS: [&str; 4] = ["method_not_allowed", "payload_too_large", "header_too_large", "uri_too_long"];
+pub const REFUSED_REASONS: [&str; 5] = ["method_not_allowed", "payload_too_large", "header_too_large", "uri_too_long", "ambiguous_length"];
 
 /// Latency buckets from 0.5 ms to 30 s: a sidecar adds well under a
 /// millisecond, legacy apps take seconds; both ends need resolution.
