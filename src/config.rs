@@ -85,8 +85,15 @@ settings! {
     pub log_format: LogFormat = "auto", LOG_FORMAT, flag "FORMAT";
     /// Timeout for opening a connection to the app. Exceeded → 504.
     pub upstream_connect_timeout: Duration = "1s", duration(NONZERO, DAY);
-    /// Time the app has to send its response head once the request is sent; `0` disables. Exceeded → 504. Response bodies are not limited: a long download is not a slow app.
+    /// Time the app has to send its response head once the whole request, body included, has been sent; `0` disables. Exceeded → 504. A long download is not a slow app: response bodies are bounded only by `OUTRIDER_RESPONSE_BODY_IDLE_TIMEOUT`.
     pub request_timeout: Option<Duration> = "60s", duration_or_off(DAY);
+    // nginx's client_body_timeout is 60 s.
+    /// A request body that stops arriving for this long before the response has begun gets `408 Request Timeout` (the app sees the request aborted); `0` disables. Once the app has answered, a quiet request body is the app's business (a streaming call).
+    pub request_body_idle_timeout: Option<Duration> = "60s", duration_or_off(DAY);
+    // Envoy's stream idle timeout (5 min), not nginx's proxy_read_timeout
+    // (60 s): server-sent events and gRPC streams are often quiet longer.
+    /// A response body from the app that stops arriving for this long, with no request body byte from the client either, is cut: the client's connection (HTTP/1) or stream (HTTP/2) is reset; `0` disables.
+    pub response_body_idle_timeout: Option<Duration> = "5m", duration_or_off(DAY);
     /// Idle keep-alive connections to the app are closed after this. Keep it below the app's own keep-alive timeout.
     pub upstream_pool_idle_timeout: Duration = "30s", duration(NONZERO, DAY);
     /// Maximum idle keep-alive connections kept to the app.
@@ -100,6 +107,9 @@ settings! {
     pub h2_keepalive_interval: Option<Duration> = "30s", duration_or_off(DAY);
     /// Time an HTTP/2 client has to answer that PING before its connection is closed.
     pub h2_keepalive_timeout: Duration = "20s", duration(NONZERO, DAY);
+    // nginx's http2_idle_timeout was 3 min.
+    /// An HTTP/2 connection with no stream open for this long is sent a GOAWAY and closed (clients reconnect when they next need to); `0` disables.
+    pub h2_idle_timeout: Option<Duration> = "3m", duration_or_off(DAY);
     /// An upgraded connection (WebSocket) with no byte either way for this long is closed; `0` disables. nginx's equivalent is 60 s, which breaks apps that ping less often.
     pub tunnel_idle_timeout: Option<Duration> = "10m", duration_or_off(DAY);
     // nginx refuses a header line over 8 KiB by default; an app that sat

@@ -213,6 +213,8 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             trusted_proxies: config.trusted_proxies.clone(),
             forwarded: config.forwarded,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
+            request_body_idle_timeout: config.request_body_idle_timeout,
+            response_body_idle_timeout: config.response_body_idle_timeout,
         },
         hold,
         drain.clone(),
@@ -226,6 +228,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         tls: None,
         head: None,
         h2_keepalive: config.h2_keepalive_interval.map(|interval| (interval, config.h2_keepalive_timeout)),
+        h2_idle_timeout: config.h2_idle_timeout,
     };
     let options = ServerOptions {
         connections: Some((metrics.connections_active.clone(), metrics.connections_total.clone())),

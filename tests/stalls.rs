@@ -108,3 +108,132 @@ async fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
     let took = quiet.elapsed();
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "closed {took:?} after the last byte");
 }
+
+/// Sends `head` and the start of a body, then nothing; returns what comes
+/// back until the connection closes, and how long after the last byte.
+async fn stall_after(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, Duration) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let quiet = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await.expect("the stalled exchange was never ended").ok();
+    (String::from_utf8_lossy(&out).into_owned(), quiet.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_gets_408_and_the_app_sees_the_request_aborted() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let app = App::start().await;
+    let o = outrider(&app.url()).env("OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT", "1s").start().await;
+    // 10 of the 100 bytes announced, then silence.
+    let (text, took) = stall_after(o.listen, b"POST /count HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\n0123456789").await;
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "answered {took:?} after the last byte, 1 s configured");
+    wait_until("the app to see its request aborted", || app.aborted.load(SeqCst) == 1).await;
+    assert_eq!(app.completed.load(SeqCst), 0);
+    let line = o.wait_log("the access log line", |l| l.contains("outrider::access") && l.contains("/count")).await;
+    assert!(line.contains("\"status\":408") && line.contains("request_body_timeout"), "{line}");
+    assert_eq!(o.metric("outrider_body_timeouts_total{direction=\"request\"}").await, Some(1.0));
+
+    // A slow but steady body is not idle, and the request timeout counts
+    // from its end: a 3 s upload with a 1 s request timeout is served.
+    let slow = outrider(&app.url()).env("OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT", "2s").env("OUTRIDER_REQUEST_TIMEOUT", "1s").start().await;
+    let mut stream = tokio::net::TcpStream::connect(slow.listen).await.expect("connect");
+    stream.write_all(b"POST /count HTTP/1.1\r\nhost: app\r\nconnection: close\r\ncontent-length: 6\r\n\r\n").await.expect("head");
+    for part in [&b"ab"[..], b"cd", b"ef"] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stream.write_all(part).await.expect("part");
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await.expect("an answer").expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\n6"), "{text}");
+}
+
+/// An app that answers every request with a head announcing 100 bytes, the
+/// first 10 of them, and then nothing.
+async fn stalling_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+                // Held open and silent until the peer goes.
+                let _ = stream.read(&mut byte).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_response_body_is_cut_on_http1_and_reset_on_http2() {
+    let app = stalling_app().await;
+    let o = outrider(&format!("http://{app}")).env("OUTRIDER_RESPONSE_BODY_IDLE_TIMEOUT", "1s").start().await;
+    let (text, took) = stall_after(o.listen, b"GET /stall HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\n0123456789"), "the head and the first bytes pass: {text}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "cut {took:?} after the request, 1 s configured");
+    let line = o.wait_log("the access log line", |l| l.contains("outrider::access") && l.contains("/stall")).await;
+    assert!(line.contains("\"status\":200") && line.contains("response_body_timeout"), "{line}");
+    o.wait_log("the warning", |l| l.contains("upstream response body cut")).await;
+    assert_eq!(o.metric("outrider_body_timeouts_total{direction=\"response\"}").await, Some(1.0));
+
+    // HTTP/2: the stream is reset and the connection stays: a second
+    // stalled request goes over the same one.
+    let client = h2c_client();
+    for n in [2.0, 3.0] {
+        let started = Instant::now();
+        let response = client.request(http::Request::get(o.url("/stall")).body(full("")).expect("a request")).await.expect("the head");
+        assert_eq!(response.status(), 200);
+        let error = http_body_util::BodyExt::collect(response.into_body()).await.expect_err("the stalled h2 response completed");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let reset = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<h2::Error>()).and_then(h2::Error::reason);
+        assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "a RST_STREAM: {error:?}");
+        assert_eq!(o.metric("outrider_body_timeouts_total{direction=\"response\"}").await, Some(n));
+    }
+    assert_eq!(o.metric("outrider_connections_total").await, Some(2.0), "one HTTP/1 connection, one HTTP/2 connection");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_without_streams_gets_a_goaway_at_the_idle_timeout() {
+    let app = App::start().await;
+    let o = outrider(&app.url())
+        .env("OUTRIDER_H2_IDLE_TIMEOUT", "1s")
+        // PINGs off: the idle bound alone must close it.
+        .env("OUTRIDER_H2_KEEPALIVE_INTERVAL", "0")
+        .start()
+        .await;
+    // A stream open longer than the idle timeout keeps the connection.
+    let client = h2c_client();
+    let (status, _, body) = send(&client, http::Request::get(o.url("/slow/2500")).body(full("")).expect("a request")).await.expect("slow");
+    assert_eq!((status, &body[..]), (200, &b"slow done"[..]));
+    assert_eq!(o.metric("outrider_connections_total").await, Some(1.0));
+    // Then idle: closed.
+    o.wait_metric("outrider_connections_active", |n| n == 0.0).await;
+
+    // On the wire: a connection that opens no stream gets a GOAWAY (type 7).
+    let mut stream = tokio::net::TcpStream::connect(o.listen).await.expect("connect");
+    stream.write_all(H2_PREFACE).await.expect("preface");
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut seen)).await.expect("the idle connection stayed open").ok();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "closed {took:?} after the preface, 1 s configured");
+    let mut frames = seen.as_slice();
+    let mut types = Vec::new();
+    while frames.len() >= 9 {
+        let len = usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        types.push(frames[3]);
+        frames = frames.get(9 + len..).unwrap_or_default();
+    }
+    assert!(types.contains(&7), "no GOAWAY was sent: frame types {types:?}");
+}

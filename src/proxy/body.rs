@@ -3,16 +3,25 @@
 //! answer; either way with the [`Outcome`] telemetry reads.
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 
-use super::{error::ProxyError, pool::Lease};
+use super::{
+    error::ProxyError,
+    idle::{Activity, IdleTimer, ResponseBodyIdle},
+    pool::Lease,
+};
 use crate::body::Outcome;
 
 /// Body of every response the proxy produces: the app's streamed body, or
@@ -29,6 +38,10 @@ pub struct ProxyBody {
     failure: Option<Box<str>>,
     /// Released when the body is dropped, i.e. once it was sent.
     slot: Option<InflightSlot>,
+    /// The app's body stopping for this long (with no request body frame
+    /// either) resets the client's stream.
+    idle: Option<IdleTimer>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl ProxyBody {
@@ -41,6 +54,8 @@ impl ProxyBody {
             error: Some(error),
             failure: None,
             slot: None,
+            idle: None,
+            activity: None,
         })
     }
 
@@ -51,9 +66,24 @@ impl ProxyBody {
         response
     }
 
-    /// The app's body, streamed.
-    pub(super) fn streamed(body: Incoming, lease: Option<Lease>, upstream_time: Duration) -> Self {
-        Self { inner: Either::Left(body), lease, upstream_time: Some(upstream_time), error: None, failure: None, slot: None }
+    /// The app's body, streamed, bounded by `idle` while it stalls.
+    pub(super) fn streamed(
+        body: Incoming,
+        lease: Option<Lease>,
+        upstream_time: Duration,
+        idle: Option<Duration>,
+        activity: Option<Arc<Activity>>,
+    ) -> Self {
+        Self {
+            inner: Either::Left(body),
+            lease,
+            upstream_time: Some(upstream_time),
+            error: None,
+            failure: None,
+            slot: None,
+            idle: idle.map(IdleTimer::new),
+            activity,
+        }
     }
 
     /// Keeps the request's in-flight slot until the body is done.
@@ -84,46 +114,55 @@ impl Drop for InflightSlot {
 
 impl hyper::body::Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        use std::task::Poll;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let body = match &mut this.inner {
             Either::Left(body) => body,
-            Either::Right(body) => return std::pin::Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
+            Either::Right(body) => return Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
         };
-        let Some(lease) = this.lease.as_mut() else { return std::pin::Pin::new(body).poll_frame(cx) };
         // The body first: its next frame is often read already. Only when
         // it has none does the connection read more, and then the body
         // gets a second look rather than a wake-up of its own.
         let mut drove = false;
         loop {
-            match std::pin::Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Pending if !drove => {
-                    lease.poll_driver(cx);
-                    drove = true;
-                }
-                Poll::Pending => return Poll::Pending,
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => match this.lease.as_mut() {
+                    Some(lease) if !drove => {
+                        lease.poll_driver(cx);
+                        drove = true;
+                    }
+                    _ => break,
+                },
                 Poll::Ready(Some(Ok(frame))) => {
-                    if body.is_end_stream() {
+                    if let Some(idle) = &mut this.idle {
+                        idle.progressed();
+                    }
+                    if let (Some(lease), true) = (this.lease.as_mut(), body.is_end_stream()) {
                         lease.release();
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(None) => {
-                    lease.release();
+                    if let Some(lease) = this.lease.as_mut() {
+                        lease.release();
+                    }
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.lease = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(e.into())));
                 }
             }
         }
+        // Nothing from the app: its idle bound, counted from the later of
+        // this wait's start and the client's last request body frame.
+        let Some(idle) = &mut this.idle else { return Poll::Pending };
+        std::task::ready!(idle.poll_expired(cx, this.activity.as_ref().map(|a| a.last())));
+        this.lease = None;
+        this.error = Some(ProxyError::ResponseBodyTimeout);
+        Poll::Ready(Some(Err(Box::new(ResponseBodyIdle { timeout: idle.timeout() }))))
     }
 
     fn is_end_stream(&self) -> bool {

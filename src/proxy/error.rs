@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::{connect::ConnectError, hold::HoldError};
+use super::{connect::ConnectError, hold::HoldError, idle::RequestBodyIdle};
 
 /// The request body grew past `OUTRIDER_MAX_BODY_BYTES`.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,13 @@ pub enum ProxyError {
     Overloaded,
     /// The request body is larger than `OUTRIDER_MAX_BODY_BYTES`.
     PayloadTooLarge,
+    /// The client stopped sending its request body before the response
+    /// began (`OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT`).
+    RequestBodyTimeout,
+    /// The app stopped sending its response body
+    /// (`OUTRIDER_RESPONSE_BODY_IDLE_TIMEOUT`). The head has gone out by
+    /// then: the client's stream is reset, and this is its recorded cause.
+    ResponseBodyTimeout,
 }
 
 impl ProxyError {
@@ -47,12 +54,15 @@ impl ProxyError {
     /// chain; never by matching strings. `None` when nothing in the chain
     /// tells.
     pub fn classify(err: &(dyn StdError + 'static)) -> Option<Self> {
-        // Our own body limit sits deep in the chain, under hyper's "user
-        // body error"; it decides before anything above it.
+        // Our own request body bounds sit deep in the chain, under hyper's
+        // "user body error"; they decide before anything above them.
         let mut source = Some(err);
         while let Some(e) = source {
             if e.is::<BodyTooLarge>() {
                 return Some(Self::PayloadTooLarge);
+            }
+            if e.is::<RequestBodyIdle>() {
+                return Some(Self::RequestBodyTimeout);
             }
             source = e.source();
         }
@@ -105,7 +115,8 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             Self::ConnectRefused | Self::Reset | Self::Protocol => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout | Self::Timeout | Self::ResponseBodyTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ClientAborted => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -125,6 +136,8 @@ impl ProxyError {
             Self::Unavailable => "unavailable",
             Self::Overloaded => "overloaded",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestBodyTimeout => "request_body_timeout",
+            Self::ResponseBodyTimeout => "response_body_timeout",
         }
     }
 
@@ -140,6 +153,9 @@ impl ProxyError {
             Self::Unavailable => "503 Service Unavailable: the app is not accepting connections; retry later\n",
             Self::Overloaded => "503 Service Unavailable: too many requests in flight; retry later\n",
             Self::PayloadTooLarge => "413 Content Too Large: the request body exceeds the configured limit\n",
+            Self::RequestBodyTimeout => "408 Request Timeout: the request body stopped arriving\n",
+            // Never sent: the app's head went out before its body stalled.
+            Self::ResponseBodyTimeout => "504 Gateway Timeout: the app stopped sending its response\n",
         }
     }
 
@@ -199,6 +215,14 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_request_body_is_the_clients_408() {
+        // As hyper reports it: a "user body error" whose source is ours.
+        let stalled = Wrapped(Box::new(Wrapped(Box::new(RequestBodyIdle { timeout: std::time::Duration::from_secs(1) }))));
+        assert_eq!(ProxyError::classify(&stalled), Some(ProxyError::RequestBodyTimeout));
+        assert_eq!(ProxyError::RequestBodyTimeout.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[test]
     fn io_errors_are_a_timeout_or_a_reset_and_the_unknown_is_none() {
         assert_eq!(ProxyError::classify(&io::Error::from(io::ErrorKind::TimedOut)), Some(ProxyError::Timeout));
         assert_eq!(ProxyError::classify(&io::Error::from(io::ErrorKind::BrokenPipe)), Some(ProxyError::Reset));
@@ -219,9 +243,11 @@ mod tests {
             Unavailable,
             Overloaded,
             PayloadTooLarge,
+            RequestBodyTimeout,
+            ResponseBodyTimeout,
         ];
         let statuses: Vec<u16> = all.iter().map(|e| e.status().as_u16()).collect();
-        assert_eq!(statuses, [502, 504, 504, 502, 502, 400, 405, 503, 503, 413]);
+        assert_eq!(statuses, [502, 504, 504, 502, 502, 400, 405, 503, 503, 413, 408, 504]);
         for e in all {
             let response = e.into_response();
             assert_eq!(response.status(), e.status());

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
-use super::{body::ProxyBody, client::UpstreamClient, error::ProxyError, headers, limits::UpstreamBody as RequestBody, pool};
+use super::{body::ProxyBody, client::UpstreamClient, error::ProxyError, headers, idle, limits::UpstreamBody as RequestBody, pool};
 use crate::drain::Watch;
 
 /// What forwarding needs, built once.
@@ -37,6 +37,8 @@ pub(super) struct Inner {
     pub(super) client_cert_header: Option<http::HeaderName>,
     /// An upgraded connection silent both ways this long is closed.
     pub(super) tunnel_idle_timeout: Option<Duration>,
+    /// The app's response body stalled this long resets the client's stream.
+    pub(super) response_body_idle_timeout: Option<Duration>,
 }
 
 /// How requests reach the app.
@@ -67,6 +69,9 @@ pub(super) async fn forward(
     // over the client's connection after our 101 response.
     let client_upgrade = if upgrade { req.extensions_mut().remove::<crate::server::OnUpgrade>() } else { None };
 
+    // How the request body moves: the request timeout starts at its end,
+    // and the response's idle bound counts its frames as activity.
+    let activity = req.body().activity().cloned();
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     // An absolute-form target (and every HTTP/2 request) carries the
@@ -115,12 +120,15 @@ pub(super) async fn forward(
     let sent_at = Instant::now();
     let sent = send(inner, request, upgrade);
     let result: Result<_, UpstreamFailure> = match inner.request_timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
+        Some(limit) => match idle::within(limit, activity.as_deref(), sent).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamFailure(ProxyError::Timeout, format!("no response head within {limit:?}"))),
+            Err(()) => Err(UpstreamFailure(ProxyError::Timeout, format!("no response head within {limit:?} of the request's end"))),
         },
         None => sent.await,
     };
+    if let Some(activity) = &activity {
+        activity.respond();
+    }
 
     let upstream_time = sent_at.elapsed();
     let (mut response, lease) = match result {
@@ -153,7 +161,8 @@ pub(super) async fn forward(
             .in_current_span(),
         );
     }
-    Ok(response.map(|body| ProxyBody::streamed(body, lease, upstream_time)))
+    let idle = if switching { None } else { inner.response_body_idle_timeout };
+    Ok(response.map(|body| ProxyBody::streamed(body, lease, upstream_time, idle, activity)))
 }
 
 /// Sends the request on the configured protocol.

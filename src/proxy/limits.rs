@@ -1,6 +1,7 @@
 //! The request limits, first on the request path after telemetry (so what
 //! they refuse is still traced, counted and logged): the methods a reverse
-//! proxy cannot forward, the body size, and the requests in flight. (The
+//! proxy cannot forward, the body size and how long it may stall, and the
+//! requests in flight. (The
 //! request head's own limits come earlier, in `server::head`: telemetry
 //! adds headers of its own.)
 
@@ -8,8 +9,9 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::atomic::AtomicUsize,
+    sync::{Arc, atomic::AtomicUsize},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -20,6 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::{
     body::{InflightSlot, ProxyBody},
     error::{BodyTooLarge, ProxyError},
+    idle::{Activity, IdleTimer, RequestBodyIdle},
 };
 use crate::body::RequestBody;
 
@@ -35,6 +38,12 @@ pub(super) struct Bounds {
     pub(super) inflight: AtomicUsize,
     /// Largest request body forwarded; 0 = no limit.
     pub(super) max_body_bytes: u64,
+    /// A request body that stops arriving for this long, before the
+    /// response has begun, fails (408).
+    pub(super) request_body_idle: Option<Duration>,
+    /// Any bound that needs to know how the request body is moving: its
+    /// own idle bound, the response's, or the request timeout.
+    pub(super) watch_activity: bool,
 }
 
 /// The layer: refuses what it must, and otherwise passes the request on
@@ -47,7 +56,7 @@ pub(super) struct Limits<S> {
 
 // === impl Limits ===
 
-impl<S, B> tower::Service<Request<B>> for Limits<S>
+impl<S, B: Body> tower::Service<Request<B>> for Limits<S>
 where
     S: tower::Service<Request<Limited<B>>, Response = Response<ProxyBody>, Error = Infallible>,
     S::Future: Unpin,
@@ -82,7 +91,11 @@ where
         let Some(slot) = InflightSlot::take(&self.bounds.inflight, self.bounds.max_inflight) else {
             return refuse(ProxyError::Overloaded);
         };
-        let req = req.map(|body| Limited { inner: Some(body), seen: 0, limit });
+        // Only a request with a body has anything to share with its
+        // response; a `GET` allocates nothing here.
+        let activity = (self.bounds.watch_activity && !req.body().is_end_stream()).then(|| Arc::new(Activity::new()));
+        let idle = activity.as_ref().and(self.bounds.request_body_idle).map(IdleTimer::new);
+        let req = req.map(|body| Limited { inner: Some(body), seen: 0, limit, activity, idle });
         Either::Right(Slotted { inner: self.inner.call(req), slot })
     }
 }
@@ -106,19 +119,28 @@ where
     }
 }
 
-/// A request body that fails once it grows past its limit.
+/// A request body that fails once it grows past its limit, or once it
+/// stops arriving before the response has begun.
 #[derive(Debug)]
 pub struct Limited<B> {
     /// `None` for a body that was empty from the start (see [`Limited::empty`]).
     inner: Option<B>,
     seen: u64,
     limit: u64,
+    /// Shared with the response body; `None` for a request without a body.
+    activity: Option<Arc<Activity>>,
+    idle: Option<IdleTimer>,
 }
 
 impl<B> Limited<B> {
     /// An empty body, for a request outrider sends again by itself.
     pub fn empty() -> Self {
-        Self { inner: None, seen: 0, limit: u64::MAX }
+        Self { inner: None, seen: 0, limit: u64::MAX, activity: None, idle: None }
+    }
+
+    /// What the response body and the request timeout learn from this one.
+    pub(super) fn activity(&self) -> Option<&Arc<Activity>> {
+        self.activity.as_ref()
     }
 }
 
@@ -131,16 +153,40 @@ where
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
-        let frame = match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-            None => return Poll::Ready(None),
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                if let Some(activity) = &this.activity {
+                    activity.end();
+                }
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {
+                if let (Some(idle), Some(activity)) = (&mut this.idle, &this.activity) {
+                    if !activity.responded() && idle.poll_expired(cx, None).is_ready() {
+                        return Poll::Ready(Some(Err(Box::new(RequestBodyIdle { timeout: idle.timeout() }))));
+                    }
+                }
+                return Poll::Pending;
+            }
         };
+        if let Some(activity) = &this.activity {
+            if let Some(idle) = &mut this.idle {
+                idle.progressed();
+            }
+            if inner.is_end_stream() {
+                activity.end();
+            } else {
+                activity.touch();
+            }
+        }
         if let Some(data) = frame.data_ref() {
-            self.seen = self.seen.saturating_add(data.len() as u64);
-            if self.seen > self.limit {
-                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: self.limit }))));
+            this.seen = this.seen.saturating_add(data.len() as u64);
+            if this.seen > this.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
             }
         }
         Poll::Ready(Some(Ok(frame)))

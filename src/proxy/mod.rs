@@ -24,6 +24,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 pub mod hold;
+mod idle;
 pub mod limits;
 pub mod pool;
 #[cfg(test)]
@@ -83,6 +84,12 @@ pub struct ProxyOptions {
     pub forwarded: bool,
     /// An upgraded connection silent both ways this long is closed.
     pub tunnel_idle_timeout: Option<Duration>,
+    /// A request body that stops arriving this long before the response
+    /// has begun: 408.
+    pub request_body_idle_timeout: Option<Duration>,
+    /// A response body that stops arriving this long (with no request body
+    /// frame either): the client's stream is reset.
+    pub response_body_idle_timeout: Option<Duration>,
 }
 
 /// The proxy, shared by every connection of the public listener. Built
@@ -126,11 +133,16 @@ impl Proxy {
                 drain,
                 client_cert_header: options.client_cert_header.clone(),
                 tunnel_idle_timeout: options.tunnel_idle_timeout,
+                response_body_idle_timeout: options.response_body_idle_timeout,
             })),
             bounds: Box::leak(Box::new(Bounds {
                 max_inflight: options.max_inflight,
                 inflight: std::sync::atomic::AtomicUsize::new(0),
                 max_body_bytes: options.max_body_bytes,
+                request_body_idle: options.request_body_idle_timeout,
+                watch_activity: options.request_body_idle_timeout.is_some()
+                    || options.response_body_idle_timeout.is_some()
+                    || options.request_timeout.is_some(),
             })),
             trusted: Box::leak(Box::new(options.trusted_proxies.clone())),
             forwarded: options.forwarded,

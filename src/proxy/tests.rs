@@ -88,6 +88,8 @@ fn options(app: SocketAddr) -> ProxyOptions {
         trusted_proxies: TrustedProxies::default(),
         forwarded: false,
         tunnel_idle_timeout: None,
+        request_body_idle_timeout: None,
+        response_body_idle_timeout: None,
     }
 }
 

@@ -64,6 +64,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 pub(super) struct Protocols {
     pub(super) http1: http1::Builder,
     pub(super) http2: http2::Builder<TokioExecutor>,
+    /// An HTTP/2 connection with no stream open this long gets a GOAWAY.
+    pub(super) h2_idle_timeout: Option<Duration>,
 }
 
 /// What a connection needs from its listener.
@@ -117,14 +119,25 @@ where
             let idle = Idle { state, head_timeout: listener.head_timeout };
             serve_http1(&listener.protocols.http1, io, service, idle, phase, timer).await;
         }
-        Protocol::Http2 => serve_http2(&listener.protocols.http2, io, service, phase).await,
+        Protocol::Http2 => {
+            let idle = listener.protocols.h2_idle_timeout.map(|timeout| (timeout, state));
+            serve_http2(&listener.protocols.http2, io, service, phase, idle, timer).await;
+        }
     }
 }
 
 /// HTTP/2: a GOAWAY as soon as the drain starts; the client finishes its
-/// open streams and opens new ones elsewhere, with no race.
-async fn serve_http2<T, S, B>(builder: &http2::Builder<TokioExecutor>, io: Rewind<T>, service: InPlace<ConnService<S>>, mut phase: Phases)
-where
+/// open streams and opens new ones elsewhere, with no race. Also a GOAWAY
+/// once no stream has been open for the idle timeout: a client that answers
+/// PINGs but never sends a request would otherwise hold its slot forever.
+async fn serve_http2<T, S, B>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: Rewind<T>,
+    service: InPlace<ConnService<S>>,
+    mut phase: Phases,
+    idle: Option<(Duration, Arc<ConnState>)>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) where
     T: Transport,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
@@ -132,10 +145,34 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
-    let mut goaway_sent = false;
+    let (mut goaway_sent, mut idle_goaway) = (false, false);
+    if let Some((timeout, _)) = &idle {
+        timer.as_mut().reset(Instant::now() + *timeout);
+    }
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
+            // Polled only when it fires: at most once per idle timeout.
+            () = Gated::new(timer.as_mut()), if idle.is_some() => {
+                let Some((timeout, state)) = &idle else { continue };
+                match state.idle_since() {
+                    // A graceful GOAWAY waits for the client's answer to a
+                    // PING; one that does not answer within another idle
+                    // timeout, with still no stream open, is closed.
+                    Some(_) if idle_goaway => return debug!("no answer to the idle GOAWAY; closed"),
+                    Some(since) if since + *timeout <= Instant::now() => {
+                        debug!(timeout = ?timeout, "no HTTP/2 stream open within the idle timeout; closing");
+                        if !goaway_sent {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        goaway_sent = true;
+                        idle_goaway = true;
+                        timer.as_mut().reset(Instant::now() + *timeout);
+                    }
+                    Some(since) => timer.as_mut().reset(since + *timeout),
+                    None => timer.as_mut().reset(Instant::now() + *timeout),
+                }
+            }
             // After the GOAWAY, the same branch waits for the cut.
             () = Gated::new(phase.reached(if goaway_sent { Phase::Cut } else { Phase::Drain })) => {
                 if goaway_sent {

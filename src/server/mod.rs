@@ -60,6 +60,8 @@ pub struct ServerOptions {
     /// HTTP/2: PING a client silent this long (`None`: never), and close
     /// its connection if the answer takes longer than the timeout.
     pub h2_keepalive: Option<(Duration, Duration)>,
+    /// HTTP/2: a connection with no stream open this long gets a GOAWAY.
+    pub h2_idle_timeout: Option<Duration>,
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
@@ -195,15 +197,16 @@ fn build(options: &ServerOptions) -> Protocols {
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        // A client that went silent (dead, or half-open behind a NAT) would
-        // hold its connection slot forever: nothing else bounds an idle h2
-        // connection.
+        // A client that went silent (dead, or half-open behind a NAT, or
+        // stopped mid-way through a header block) would hold its connection
+        // slot forever. One that answers PINGs but opens no stream is
+        // bounded by the idle timeout instead (`conn::serve_http2`).
         .keep_alive_interval(options.h2_keepalive.map(|(interval, _)| interval))
         .keep_alive_timeout(options.h2_keepalive.map_or(Duration::from_secs(20), |(_, timeout)| timeout))
         // Bounds the cost of a rapid-reset flood (CVE-2023-44487).
         .max_pending_accept_reset_streams(Some(50))
         .max_concurrent_streams(Some(1024));
-    Protocols { http1, http2 }
+    Protocols { http1, http2, h2_idle_timeout: options.h2_idle_timeout }
 }
 
 /// Errors that concern one failed handshake, not the listener.

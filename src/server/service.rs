@@ -40,7 +40,7 @@ pub(super) struct ConnState {
     /// requests that ask to upgrade.
     upgrade: Mutex<Option<oneshot::Sender<Upgraded>>>,
     /// Heads with both `Content-Length` and `Transfer-Encoding` read on
-    /// this connection (see [`super::framing`]).
+    /// this connection (counted by `framing::Scanned`).
     pub(super) ambiguous_heads: AtomicUsize,
 }
 

@@ -29,6 +29,9 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "pro
 /// `outrider_refused_requests_total{reason}` (the error kinds of those answers).
 pub const REFUSED_REASONS: [&str; 5] = ["method_not_allowed", "payload_too_large", "header_too_large", "uri_too_long", "ambiguous_length"];
 
+/// The bodies an idle bound can cut, in `outrider_body_timeouts_total{direction}`.
+pub const BODY_TIMEOUT_DIRECTIONS: [&str; 2] = ["request", "response"];
+
 /// Latency buckets from 0.5 ms to 30 s: a sidecar adds well under a
 /// millisecond, legacy apps take seconds; both ends need resolution.
 const LATENCY_BUCKETS: [f64; 16] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -56,6 +59,8 @@ pub struct Metrics {
     pub spans_export_failed: IntCounter,
     pub load_shed: IntCounter,
     pub refused: [IntCounter; REFUSED_REASONS.len()],
+    /// `[request, response]`: bodies cut by their idle bound.
+    pub body_timeouts: [IntCounter; BODY_TIMEOUT_DIRECTIONS.len()],
     pub app_ready: IntGauge,
     pub draining: IntGauge,
     pub drain_cut_connections: IntCounter,
@@ -135,6 +140,14 @@ impl Metrics {
             REFUSED_REASONS,
         )?;
 
+        let body_timeouts = labelled(
+            &registry,
+            "outrider_body_timeouts_total",
+            "Bodies that stopped arriving for their idle timeout: request (the client's, answered 408) or response (the app's; the client's stream is reset).",
+            "direction",
+            BODY_TIMEOUT_DIRECTIONS,
+        )?;
+
         let build_info =
             IntGaugeVec::new(Opts::new("outrider_build_info", "Build information; the value is always 1."), &["version", "commit"])?;
         registry.register(Box::new(build_info.clone()))?;
@@ -167,6 +180,7 @@ impl Metrics {
             )?,
             load_shed: counter("outrider_load_shed_total", "Requests refused with 503 because OUTRIDER_MAX_INFLIGHT were in flight.")?,
             refused,
+            body_timeouts,
             app_ready: gauge("outrider_app_ready", "1 when the app passes its health check.")?,
             draining: gauge("outrider_draining", "1 once outrider has started draining.")?,
             drain_cut_connections: counter(

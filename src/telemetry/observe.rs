@@ -311,6 +311,9 @@ impl RequestState {
             (None, Some(time)) => metrics.upstream_duration.observe(time.as_secs_f64()),
             (Some("overloaded"), _) => metrics.load_shed.inc(),
             (Some(kind), _) => {
+                if kind == "request_body_timeout" {
+                    metrics.body_timeouts[0].inc();
+                }
                 let Some(cause) = outcome.upstream_failure() else {
                     if let Some(counter) = metrics.refused(kind) {
                         counter.inc();
@@ -333,6 +336,26 @@ impl RequestState {
             }
             (None, None) => {}
         }
+    }
+}
+
+impl RequestState {
+    /// The response body failed mid-stream for a reason the request path
+    /// reported (`response_body_timeout`).
+    fn body_failed(&mut self, kind: &'static str) {
+        self.error_kind = Some(kind);
+        if kind == "response_body_timeout" {
+            self.observer.metrics.body_timeouts[1].inc();
+        }
+        let ids = TraceIds::of(self.span.as_ref());
+        warn!(
+            method = %self.method_name,
+            error.kind = kind,
+            status = self.status,
+            trace_id = ids.trace_id(),
+            span_id = ids.span_id(),
+            "upstream response body cut"
+        );
     }
 }
 
@@ -501,7 +524,7 @@ pub struct ObservedBody<B> {
     state: Box<RequestState>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
+impl<B: Body<Data = Bytes> + Outcome + Unpin> Body for ObservedBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -517,7 +540,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
                     this.state.finish(false);
                 }
             }
-            Some(Err(_)) => this.state.finish(true),
+            Some(Err(_)) => {
+                // A cut that the request path made itself says why.
+                if let Some(kind) = this.inner.error_kind() {
+                    this.state.body_failed(kind);
+                }
+                this.state.finish(true);
+            }
             None => this.state.finish(false),
         }
         Poll::Ready(frame)

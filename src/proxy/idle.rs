@@ -1,0 +1,233 @@
+//! Bounds on an exchange that stops moving: a request body the client
+//! stops sending, a response body the app stops sending, and the request
+//! timeout, which counts from the end of the request body (an app cannot be
+//! blamed for a slow answer to a request it has not fully received).
+//!
+//! Both bodies of an exchange with a request body share one [`Activity`]:
+//! the request side stamps it as frames pass and marks the end of the
+//! body; the response side's idle bound counts from the last frame either
+//! way, so a bidirectional stream where only one side talks (a gRPC watch,
+//! a chat) stays open, as in Envoy's stream idle timeout.
+//!
+//! Cost: nothing for a request without a body (no [`Activity`]) whose
+//! response is ready when first polled (no timer). Otherwise one timer per
+//! body, created the first time the body has to wait and re-armed at most
+//! once per timeout (when it fires after activity, never on every frame),
+//! plus a clock read and a relaxed store per request body frame.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::{Instant, Sleep};
+
+/// No request body frame for this long (`OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT`).
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data for {timeout:?}")]
+pub struct RequestBodyIdle {
+    pub timeout: Duration,
+}
+
+/// No response body frame, and no request body frame, for this long
+/// (`OUTRIDER_RESPONSE_BODY_IDLE_TIMEOUT`).
+#[derive(Debug, thiserror::Error)]
+#[error("no response body data for {timeout:?}")]
+pub struct ResponseBodyIdle {
+    pub timeout: Duration,
+}
+
+/// What the two bodies of one exchange share.
+#[derive(Debug)]
+pub struct Activity {
+    origin: Instant,
+    /// Nanoseconds after `origin` of the last request body frame.
+    last: AtomicU64,
+    /// Nanoseconds after `origin` at which the request body ended, plus
+    /// one; 0 while it is still arriving.
+    ended: AtomicU64,
+    /// The response head arrived: from then on the request body is the
+    /// app's business (a stream may send nothing for long), and only the
+    /// response's idle bound applies.
+    responded: AtomicBool,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self { origin: Instant::now(), last: AtomicU64::new(0), ended: AtomicU64::new(0), responded: AtomicBool::new(false) }
+    }
+
+    fn since_origin(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A request body frame passed.
+    pub(super) fn touch(&self) {
+        self.last.store(self.since_origin(), Ordering::Relaxed);
+    }
+
+    /// The request body ended.
+    pub(super) fn end(&self) {
+        let now = self.since_origin();
+        self.last.store(now, Ordering::Relaxed);
+        // Only the first end counts.
+        let _ = self.ended.compare_exchange(0, now + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The response head arrived.
+    pub(super) fn respond(&self) {
+        self.responded.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn responded(&self) -> bool {
+        self.responded.load(Ordering::Relaxed)
+    }
+
+    /// When the last request body frame passed (or the exchange began).
+    pub(super) fn last(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    /// When the request body ended, if it has.
+    pub(super) fn ended(&self) -> Option<Instant> {
+        match self.ended.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.origin + Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A body's idle bound: how long it may go on having nothing to give. It
+/// counts only while the body is polled and waits, so a peer held back by
+/// the other side's back-pressure (hyper does not poll a body it cannot
+/// write) is never blamed for it.
+#[derive(Debug)]
+pub(super) struct IdleTimer {
+    timeout: Duration,
+    /// The start of the current wait; `None` right after a frame.
+    waiting_since: Option<Instant>,
+    /// Created the first time the body waits.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    pub(super) fn new(timeout: Duration) -> Self {
+        Self { timeout, waiting_since: None, sleep: None }
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A frame passed: the next wait starts afresh.
+    pub(super) fn progressed(&mut self) {
+        self.waiting_since = None;
+    }
+
+    /// Polled while the body has nothing to give: ready once it has waited
+    /// a whole timeout, counted from the later of the start of this wait
+    /// and `other` (activity elsewhere in the exchange).
+    pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>, other: Option<Instant>) -> Poll<()> {
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let deadline = other.map_or(since, |other| other.max(since)) + self.timeout;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            // A deadline that moved earlier (a new wait) is set at once; one
+            // that moved later waits for the timer to fire, so activity
+            // re-arms it at most once per timeout.
+            if sleep.deadline() > deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            std::task::ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// The request timeout around sending: the app has `limit` from the end of
+/// the request body (from the start, for a request without one) to answer
+/// with a response head. `Err(())` when it did not.
+pub(super) async fn within<F: Future>(limit: Duration, activity: Option<&Activity>, sent: F) -> Result<F::Output, ()> {
+    tokio::pin!(sent);
+    let sleep = tokio::time::sleep(limit);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut sent => return Ok(output),
+            () = &mut sleep => {}
+        }
+        let deadline = match activity {
+            None => return Err(()),
+            // Still arriving: the request body's own idle bound applies.
+            Some(a) => a.ended().map_or_else(|| Instant::now() + limit, |ended| ended + limit),
+        };
+        if deadline <= sleep.deadline() {
+            return Err(());
+        }
+        sleep.as_mut().reset(deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Under paused time: the clock moves only when every task waits.
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_fires_a_whole_timeout_after_the_last_activity() {
+        let activity = Activity::new();
+        let mut timer = IdleTimer::new(Duration::from_secs(10));
+        let start = Instant::now();
+        // Activity elsewhere at 6 s moves the deadline from 10 s to 16 s.
+        let touch = async {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            activity.touch();
+        };
+        let expired = std::future::poll_fn(|cx| timer.poll_expired(cx, Some(activity.last())));
+        let ((), ()) = tokio::join!(touch, expired);
+        assert_eq!(start.elapsed(), Duration::from_secs(16));
+
+        // A frame starts the next wait afresh, from when it is first polled.
+        timer.progressed();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let resumed = Instant::now();
+        std::future::poll_fn(|cx| timer.poll_expired(cx, None)).await;
+        assert_eq!(resumed.elapsed(), Duration::from_secs(10), "time not spent waiting does not count");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_timeout_counts_from_the_end_of_the_request_body() {
+        let activity = Activity::new();
+        let start = Instant::now();
+        let never = std::future::pending::<()>();
+        let body = async {
+            // The body takes 25 s to arrive, longer than the 10 s limit.
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            activity.end();
+        };
+        let (timed_out, ()) = tokio::join!(within(Duration::from_secs(10), Some(&activity), never), body);
+        assert_eq!(timed_out, Err(()));
+        assert_eq!(start.elapsed(), Duration::from_secs(35), "10 s after the body ended");
+
+        // Without a body, from the start.
+        let start = Instant::now();
+        assert_eq!(within(Duration::from_secs(10), None, std::future::pending::<()>()).await, Err(()));
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // An answer in time passes through.
+        assert_eq!(within(Duration::from_secs(10), Some(&activity), async { 7 }).await, Ok(7));
+    }
+}
