@@ -231,6 +231,41 @@ async fn load_shedding_answers_503_past_max_inflight() {
     assert!(metrics.contains("outrider_load_shed_total 1"), "{metrics}");
 }
 
+/// `OUTRIDER_MAX_CONNECTIONS`: with that many connections open (one idle
+/// after a keep-alive exchange, one mid-request), the next one is not
+/// accepted: the kernel completes its handshake, but its request gets no
+/// answer while they are held, and it is served as soon as one closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_connections_a_connection_waits_until_one_closes() {
+    // A lower bound: how long the connection past the cap must go
+    // unanswered. Any answer at all within it fails the test.
+    const UNANSWERED_FOR: Duration = Duration::from_secs(2);
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_MAX_CONNECTIONS", "2").start().await;
+
+    let mut idle = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    idle.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut idle).await, (200, "hello from app".to_owned()));
+    let upload = HeldUpload::start(proxy.listen).await;
+    wait_until("the held upload at the app", || app.seen.lock().unwrap().iter().any(|s| s.uri == "/count")).await;
+    assert_eq!(proxy.metric("outrider_connections_active").await, Some(2.0));
+
+    let mut third = tokio::net::TcpStream::connect(proxy.listen).await.expect("the kernel completes the handshake");
+    third.write_all(b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(UNANSWERED_FOR, third.read(&mut byte)).await;
+    assert!(early.is_err(), "the connection past the cap was answered (or closed) while two were held: {early:?}");
+    assert_eq!(proxy.metric("outrider_connections_total").await, Some(2.0), "a third connection was accepted");
+    assert!(app.seen.lock().unwrap().iter().all(|s| s.uri != "/third"), "the request past the cap reached the app");
+
+    // The idle one leaves: the waiting connection is accepted and served.
+    drop(idle);
+    assert_eq!(read_response(&mut third).await, (200, "hello from app".to_owned()));
+    assert_eq!(proxy.metric("outrider_connections_total").await, Some(3.0));
+    // The one mid-request was never disturbed.
+    assert_eq!(upload.finish().await, (200, "5".to_owned()));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_h2_reset_flood_leaves_no_work_behind_and_others_are_served() {
     let app = App::start().await;

@@ -595,3 +595,186 @@ async fn parked_connections_drain_like_any_other() {
     assert!(closed_after < Duration::from_secs(10), "closed {closed_after:?} after SIGTERM: with the cut, not with the listener");
     assert!(proxy.wait().await.success());
 }
+
+// ===== HTTP/2 frames, written and read by hand =====
+
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_RST_STREAM: u8 = 0x3;
+const H2_SETTINGS: u8 = 0x4;
+const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
+const H2_END_STREAM: u8 = 0x1;
+const H2_ACK: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+
+/// One frame as read off the wire.
+#[derive(Debug)]
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl H2Frame {
+    /// A GOAWAY's last stream id and error code.
+    fn goaway(&self) -> Option<(u32, u32)> {
+        let p = self.payload.get(..8).filter(|_| self.kind == H2_GOAWAY)?;
+        let word = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        Some((word(&p[..4]) & 0x7fff_ffff, word(&p[4..8])))
+    }
+}
+
+/// A header block of literal fields with indexed names (RFC 7541 §6.2.2),
+/// after `indexed`, fields of the static table sent whole (§6.1).
+fn hpack(indexed: &[u8], literals: &[(u8, &str)]) -> Vec<u8> {
+    let mut block: Vec<u8> = indexed.iter().map(|i| 0x80 | i).collect();
+    for (name, value) in literals {
+        assert!(*name < 16 && value.len() < 127);
+        block.push(*name);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// An HTTP/2 client that writes its frames by hand (so it can do what a
+/// client library would refuse to, such as open a stream after a GOAWAY)
+/// and answers SETTINGS and PING as a client must.
+struct RawH2 {
+    stream: tokio::net::TcpStream,
+    read: Vec<u8>,
+}
+
+impl RawH2 {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let mut h2 = Self { stream, read: Vec::new() };
+        h2.send(H2_SETTINGS, 0, 0, &[]).await;
+        h2
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame, or `None` once the server has closed the connection.
+    async fn next(&mut self) -> Option<H2Frame> {
+        loop {
+            if self.read.len() >= 9 {
+                let len = usize::from(self.read[0]) << 16 | usize::from(self.read[1]) << 8 | usize::from(self.read[2]);
+                if self.read.len() >= 9 + len {
+                    let head: Vec<u8> = self.read.drain(..9).collect();
+                    let frame = H2Frame {
+                        kind: head[3],
+                        flags: head[4],
+                        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+                        payload: self.read.drain(..len).collect(),
+                    };
+                    if frame.flags & H2_ACK == 0 && frame.kind == H2_SETTINGS {
+                        self.send(H2_SETTINGS, H2_ACK, 0, &[]).await;
+                    }
+                    if frame.flags & H2_ACK == 0 && frame.kind == H2_PING {
+                        self.send(H2_PING, H2_ACK, 0, &frame.payload).await;
+                    }
+                    return Some(frame);
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await.expect("a frame, or the connection's end, in time") {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.read.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// HTTP/2 on SIGTERM: the connection gets a GOAWAY as the drain starts,
+/// while the listener still accepts (not when it closes); the stream in
+/// flight (a request whose body the client finishes only after the GOAWAY)
+/// completes; a stream opened after the final GOAWAY is not served; and
+/// the connection then ends cleanly, long before the drain timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_gets_a_goaway_when_the_drain_starts_and_its_open_stream_completes() {
+    let app = App::start().await;
+    // A drain delay and timeout far longer than the test: whatever ends
+    // the connection is the GOAWAY, not the listener closing or the cut.
+    let proxy = outrider(&app.url()).env("OUTRIDER_DRAIN_DELAY", "60s").env("OUTRIDER_DRAIN_TIMEOUT", "120s").start().await;
+    wait_status(&proxy.admin_url("/readyz"), 200).await;
+
+    // Stream 1: a POST whose body is left unfinished, so it stays in
+    // flight, at outrider and at the app, until the test ends it.
+    let mut h2 = RawH2::connect(proxy.listen).await;
+    let headers = hpack(&[3, 6], &[(4, "/count"), (1, "h2.test")]); // :method POST, :scheme http, :path, :authority
+    h2.send(H2_HEADERS, H2_END_HEADERS, 1, &headers).await;
+    h2.send(H2_DATA, 0, 1, b"hello ").await;
+    wait_until("the stream's request at the app", || app.seen.lock().unwrap().iter().any(|s| s.uri == "/count")).await;
+
+    proxy.signal(Signal::SIGTERM);
+    // GOAWAY, NO_ERROR: first "no new streams" (last stream id 2^31-1),
+    // then, once the client has answered a PING, the last stream that will
+    // be served. Nothing of stream 1's response can have come yet.
+    let mut goaways = Vec::new();
+    loop {
+        let frame = h2.next().await.expect("the connection closed before its final GOAWAY");
+        assert!(!(frame.stream == 1 && matches!(frame.kind, H2_HEADERS | H2_DATA | H2_RST_STREAM)), "stream 1 answered early: {frame:?}");
+        if let Some(goaway) = frame.goaway() {
+            goaways.push(goaway);
+            if goaway.0 != 0x7fff_ffff {
+                break;
+            }
+        }
+    }
+    eprintln!("GOAWAY frames (last stream id, error code): {goaways:?}");
+    assert!(goaways.iter().all(|&(_, code)| code == 0), "a GOAWAY with an error: {goaways:?}");
+    assert_eq!(goaways.last(), Some(&(1, 0)), "the final GOAWAY must keep stream 1 and only it");
+
+    // The GOAWAY came as the drain began: the listener still accepts, and
+    // serves new connections without keep-alive.
+    let (status, _, _) = get(&proxy.admin_url("/readyz")).await.unwrap();
+    assert_eq!(status, 503);
+    let fresh = raw(proxy.listen, b"GET /fresh HTTP/1.1\r\nHost: t\r\n\r\n").await.to_lowercase();
+    assert!(fresh.starts_with("http/1.1 200") && fresh.contains("connection: close"), "{fresh}");
+
+    // Stream 3, opened after the GOAWAY, is not served; written before
+    // stream 1 ends, so the connection is certainly still open to read it.
+    let headers = hpack(&[2, 6], &[(4, "/after-goaway"), (1, "h2.test")]); // :method GET, :scheme http, :path, :authority
+    h2.send(H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, 3, &headers).await;
+    // Stream 1 ends its body now, after the GOAWAY, and gets its answer.
+    h2.send(H2_DATA, H2_END_STREAM, 1, b"world").await;
+
+    let (mut status_block, mut body, mut ended, mut stream3) = (None, Vec::new(), false, Vec::new());
+    while let Some(frame) = h2.next().await {
+        match (frame.stream, frame.kind) {
+            (1, H2_HEADERS) => status_block = Some(frame.payload.clone()),
+            (1, H2_DATA) => body.extend_from_slice(&frame.payload),
+            (1, H2_RST_STREAM) => panic!("stream 1 was reset: {frame:?}"),
+            (3, _) => stream3.push(frame.kind),
+            _ => {}
+        }
+        if frame.stream == 1 && frame.flags & H2_END_STREAM != 0 && matches!(frame.kind, H2_HEADERS | H2_DATA) {
+            ended = true;
+        }
+        if let Some(goaway) = frame.goaway() {
+            assert_eq!(goaway, (1, 0), "a later GOAWAY changed its terms");
+        }
+    }
+    // `:status 200` is entry 8 of HPACK's static table.
+    assert_eq!(status_block.as_deref().and_then(<[u8]>::first), Some(&0x88), "stream 1's response is not a 200");
+    assert!(ended, "stream 1's response did not end before the connection closed");
+    assert_eq!(String::from_utf8_lossy(&body), "11", "the app did not get the whole body of stream 1");
+    assert!(!stream3.contains(&H2_HEADERS) && !stream3.contains(&H2_DATA), "stream 3 was answered: frame types {stream3:?}");
+    eprintln!("frames on stream 3 (opened after the GOAWAY): {stream3:?}");
+    assert!(app.seen.lock().unwrap().iter().all(|s| s.uri != "/after-goaway"), "the stream opened after the GOAWAY reached the app");
+
+    // The connection ended by itself, well inside the drain delay: still
+    // draining, nothing cut.
+    assert!(proxy.child_running());
+    assert_eq!(proxy.metric("outrider_drain_cut_connections_total").await, Some(0.0));
+}
