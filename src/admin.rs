@@ -160,8 +160,14 @@ fn authorized(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> 
         return true;
     }
     let (Some(token), Some(given)) = (&state.token, req.headers().get(header::AUTHORIZATION)) else { return false };
-    let Some(given) = given.as_bytes().strip_prefix(b"Bearer ") else { return false };
-    constant_time_eq(given, token.as_bytes())
+    // The scheme is case-insensitive (RFC 9110 §11.1) and may be followed
+    // by more than one space (RFC 6750 §2.1 allows `1*SP`).
+    let given = given.as_bytes();
+    let Some((scheme, rest)) = given.split_at_checked(6) else { return false };
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return false;
+    }
+    constant_time_eq(rest.trim_ascii_start(), token.as_bytes())
 }
 
 /// Compares without an early exit, so response timing does not reveal how

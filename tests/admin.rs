@@ -161,7 +161,9 @@ async fn with_a_token_a_remote_caller_needs_exactly_it() {
     }
     assert_not_draining(&proxy, "refused remote /drain calls").await;
 
-    let (status, body) = call_drain(remote, proxy.admin, "POST", Some(&format!("Bearer {TOKEN}"))).await;
+    // The scheme in any case, with any number of spaces (RFC 9110 §11.1,
+    // RFC 6750 §2.1).
+    let (status, body) = call_drain(remote, proxy.admin, "POST", Some(&format!("bearer  {TOKEN}"))).await;
     assert_eq!((status, body.as_str()), (200, "drained\n"));
     assert_drained_by(&proxy, remote).await;
 
