@@ -223,4 +223,64 @@ mod tests {
         let head = b"GET / HTTP/1.1\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
         assert_eq!(found_however_split(&[&head[..], &head[..]].concat()), 2);
     }
+
+    /// The same answer, the slow and obvious way: split into lines, group
+    /// lines into blocks at empty ones, look at each line's start.
+    fn reference(bytes: &[u8]) -> usize {
+        let mut found = 0;
+        let mut block = 0u8;
+        let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        // The text after the last `\n` is a line not yet ended.
+        lines.pop();
+        for line in lines {
+            let line = line.to_ascii_lowercase();
+            if line.is_empty() || line == b"\r" {
+                if block == BOTH {
+                    found += 1;
+                }
+                block = 0;
+            } else if line.starts_with(CONTENT_LENGTH) {
+                block |= 1;
+            } else if line.starts_with(TRANSFER_ENCODING) {
+                block |= 2;
+            }
+        }
+        found
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_reference_however_the_bytes_arrive(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(&b"\r\n"[..]),
+                    proptest::strategy::Just(&b"\n"[..]),
+                    proptest::strategy::Just(&b"\r"[..]),
+                    proptest::strategy::Just(&b"Content-Length: 4"[..]),
+                    proptest::strategy::Just(&b"content-length:"[..]),
+                    proptest::strategy::Just(&b"transfer-encoding: chunked"[..]),
+                    proptest::strategy::Just(&b"TRANSFER-ENCODING:"[..]),
+                    proptest::strategy::Just(&b"content-lengt"[..]),
+                    proptest::strategy::Just(&b"t"[..]),
+                    proptest::strategy::Just(&b"c"[..]),
+                    proptest::strategy::Just(&b" x"[..]),
+                    proptest::strategy::Just(&b"POST / HTTP/1.1"[..]),
+                ],
+                0..40,
+            ),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+        ) {
+            let bytes = parts.concat();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut scan = Scan::new();
+            let mut from = 0;
+            let mut found = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                found += scan.feed(&bytes[from..cut]);
+                from = cut;
+            }
+            proptest::prop_assert_eq!(found, reference(&bytes));
+        }
+    }
 }
