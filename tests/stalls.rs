@@ -237,3 +237,26 @@ async fn an_http2_connection_without_streams_gets_a_goaway_at_the_idle_timeout()
     }
     assert!(types.contains(&7), "no GOAWAY was sent: frame types {types:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_header_block_left_unfinished_is_closed_by_the_ping_bound() {
+    let app = App::start().await;
+    let o = outrider(&app.url())
+        .env("OUTRIDER_H2_KEEPALIVE_INTERVAL", "1s")
+        .env("OUTRIDER_H2_KEEPALIVE_TIMEOUT", "1s")
+        .env("OUTRIDER_H2_IDLE_TIMEOUT", "1h")
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(o.listen).await.expect("connect");
+    // HEADERS on stream 1 (`:method GET`) without END_HEADERS: only
+    // CONTINUATION may follow, and none does.
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend_from_slice(&[0, 0, 1, 0x1, 0x1, 0, 0, 0, 1, 0x82]);
+    stream.write_all(&bytes).await.expect("send");
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut seen)).await.expect("the unfinished header block held the connection").ok();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "closed {took:?} after the stall, 1 s + 1 s configured");
+    assert_eq!(app.count(), 0, "no request reached the app");
+}
