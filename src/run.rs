@@ -215,6 +215,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             tunnel_idle_timeout: config.tunnel_idle_timeout,
             request_body_idle_timeout: config.request_body_idle_timeout,
             response_body_idle_timeout: config.response_body_idle_timeout,
+            tunnel_idle_closed: Some(metrics.connection_timeouts[3].clone()),
         },
         hold,
         drain.clone(),
@@ -229,6 +230,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         head: None,
         h2_keepalive: config.h2_keepalive_interval.map(|interval| (interval, config.h2_keepalive_timeout)),
         h2_idle_timeout: config.h2_idle_timeout,
+        quiet: None,
     };
     let options = ServerOptions {
         connections: Some((metrics.connections_active.clone(), metrics.connections_total.clone())),
@@ -238,6 +240,11 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             max_head_bytes: config.max_header_bytes,
             max_line_bytes: config.max_header_line_bytes,
             refused: server::REFUSED_HEAD_REASONS.map(|reason| metrics.refused(reason).cloned()),
+        }),
+        quiet: Some(server::QuietCounters {
+            request_head: metrics.connection_timeouts[0].clone(),
+            h2_ping: metrics.connection_timeouts[1].clone(),
+            h2_idle: metrics.connection_timeouts[2].clone(),
         }),
         ..admin_options.clone()
     };

@@ -146,6 +146,7 @@ async fn bad_input_table() {
         })
     };
 
+    let mut slow_heads = 0.0;
     for Row { name, request, expect } in &table {
         let started = Instant::now();
         match expect {
@@ -161,8 +162,12 @@ async fn bad_input_table() {
                 assert!(served > 0, "{name}: the bystander got no response in the {:?} this connection was open", started.elapsed());
                 assert!(closed, "{name}: connection still open after {:?}", started.elapsed());
                 assert!(status == 0 || Some(status) == *want, "{name}: got {text:?}");
-                // Closed by the header read timeout, not before it.
+                // Closed by the header read timeout, not before it, and
+                // counted as such.
                 assert!(started.elapsed() >= HEADER_TIMEOUT, "{name}: closed after {:?}, before the header timeout", started.elapsed());
+                let series = "outrider_connection_timeouts_total{cause=\"request_head\"}";
+                slow_heads += 1.0;
+                proxy.wait_metric(series, |n| n >= slow_heads).await;
             }
         }
         // Meanwhile, everyone else is served.

@@ -51,6 +51,7 @@ async fn a_silent_http2_client_is_pinged_then_closed() {
         frames = frames.get(9 + len..).unwrap_or_default();
     }
     assert!(types.contains(&6), "no PING was sent: frame types {types:?}");
+    assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"h2_ping\"}", |n| n > 0.0).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,6 +108,7 @@ async fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
     assert!(ended.is_ok(), "the idle tunnel was still open after {PATIENCE:?}");
     let took = quiet.elapsed();
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "closed {took:?} after the last byte");
+    assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"tunnel_idle\"}", |n| n > 0.0).await, 1.0);
 }
 
 /// Sends `head` and the start of a body, then nothing; returns what comes
@@ -236,6 +238,8 @@ async fn an_http2_connection_without_streams_gets_a_goaway_at_the_idle_timeout()
         frames = frames.get(9 + len..).unwrap_or_default();
     }
     assert!(types.contains(&7), "no GOAWAY was sent: frame types {types:?}");
+    // The first connection's close and this one's.
+    assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"h2_idle\"}", |n| n >= 2.0).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -259,4 +263,5 @@ async fn an_http2_header_block_left_unfinished_is_closed_by_the_ping_bound() {
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "closed {took:?} after the stall, 1 s + 1 s configured");
     assert_eq!(app.count(), 0, "no request reached the app");
+    assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"h2_ping\"}", |n| n > 0.0).await, 1.0);
 }

@@ -39,6 +39,7 @@ pub(super) struct Inner {
     pub(super) tunnel_idle_timeout: Option<Duration>,
     /// The app's response body stalled this long resets the client's stream.
     pub(super) response_body_idle_timeout: Option<Duration>,
+    pub(super) tunnel_idle_closed: Option<prometheus::IntCounter>,
 }
 
 /// How requests reach the app.
@@ -156,7 +157,11 @@ pub(super) async fn forward(
                     (Err(e), _) => return debug!(error = %e, "upgrade did not complete"),
                     (_, Err(e)) => return debug!(error = %e, "upgrade did not complete"),
                 };
-                super::tunnel::splice(client, TokioIo::new(app), idle, drain).await;
+                if super::tunnel::splice(client, TokioIo::new(app), idle, drain).await {
+                    if let Some(counter) = &inner.tunnel_idle_closed {
+                        counter.inc();
+                    }
+                }
             }
             .in_current_span(),
         );

@@ -90,6 +90,9 @@ pub struct ProxyOptions {
     /// A response body that stops arriving this long (with no request body
     /// frame either): the client's stream is reset.
     pub response_body_idle_timeout: Option<Duration>,
+    /// Counts tunnels closed by their idle bound (a metric handle: the
+    /// tunnel outlives the request whose outcome telemetry reads).
+    pub tunnel_idle_closed: Option<prometheus::IntCounter>,
 }
 
 /// The proxy, shared by every connection of the public listener. Built
@@ -134,6 +137,7 @@ impl Proxy {
                 client_cert_header: options.client_cert_header.clone(),
                 tunnel_idle_timeout: options.tunnel_idle_timeout,
                 response_body_idle_timeout: options.response_body_idle_timeout,
+                tunnel_idle_closed: options.tunnel_idle_closed.clone(),
             })),
             bounds: Box::leak(Box::new(Bounds {
                 max_inflight: options.max_inflight,

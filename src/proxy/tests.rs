@@ -90,6 +90,7 @@ fn options(app: SocketAddr) -> ProxyOptions {
         tunnel_idle_timeout: None,
         request_body_idle_timeout: None,
         response_body_idle_timeout: None,
+        tunnel_idle_closed: None,
     }
 }
 

@@ -31,8 +31,8 @@ use crate::{
 };
 
 /// Splices `client` and `app` until one closes, both idle past `idle`
-/// (`None`: never), or the drain's cut.
-pub(super) async fn splice<C, A>(client: C, app: A, idle: Option<Duration>, mut drain: Watch)
+/// (`None`: never), or the drain's cut; `true` if the idle bound closed it.
+pub(super) async fn splice<C, A>(client: C, app: A, idle: Option<Duration>, mut drain: Watch) -> bool
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
@@ -54,17 +54,21 @@ where
                     Ok((up, down)) => debug!(bytes_to_app = up, bytes_to_client = down, "upgraded connection closed"),
                     Err(e) => debug!(error = %e, "upgraded connection ended with error"),
                 }
-                return;
+                return false;
             }
             // Both sockets close as the task ends.
-            () = Gated::new(drain.reached(Phase::Cut)) => return debug!("upgraded connection closed at the drain timeout"),
+            () = Gated::new(drain.reached(Phase::Cut)) => {
+                debug!("upgraded connection closed at the drain timeout");
+                return false;
+            }
             () = timer.as_mut(), if idle.is_some() => {
                 // Re-armed from the last byte seen, rather than reset on
                 // every byte: one timer wake-up per idle period at most.
                 let quiet_since = started + Duration::from_nanos(last.load(Ordering::Relaxed));
                 let deadline = quiet_since + idle_for;
                 if Instant::now() >= deadline {
-                    return debug!(idle = ?idle_for, "upgraded connection idle on both sides; closing");
+                    debug!(idle = ?idle_for, "upgraded connection idle on both sides; closing");
+                    return true;
                 }
                 timer.as_mut().reset(deadline);
             }
@@ -136,7 +140,7 @@ mod tests {
             app.read_exact(&mut got).await.expect("the app got it");
         }
         assert!(!tunnel.is_finished(), "closed while in use");
-        tunnel.await.expect("the tunnel task");
+        assert!(tunnel.await.expect("the tunnel task"), "reported as closed by the idle bound");
         assert_eq!(started.elapsed(), Duration::from_secs(120 + 60), "closed 60 s after the last byte");
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).await.expect("EOF"), 0, "the client's side was closed");
@@ -151,6 +155,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(!tunnel.is_finished(), "no idle bound configured");
         drain.advance(Phase::Cut);
-        tokio::time::timeout(Duration::from_secs(1), tunnel).await.expect("closed at the cut").expect("the tunnel task");
+        let idle = tokio::time::timeout(Duration::from_secs(1), tunnel).await.expect("closed at the cut").expect("the tunnel task");
+        assert!(!idle, "the cut is not the idle bound");
     }
 }

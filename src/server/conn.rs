@@ -77,6 +77,14 @@ pub(super) struct Listener<'a, M> {
     pub(super) head_timeout: Duration,
     /// The head limits, on listeners that have them.
     pub(super) head: Option<&'static super::head::HeadLimits>,
+    pub(super) quiet: Option<&'static super::QuietCounters>,
+}
+
+/// Counts one connection closed for going quiet, on measured listeners.
+pub(super) fn count(counter: Option<&prometheus::IntCounter>) {
+    if let Some(counter) = counter {
+        counter.inc();
+    }
 }
 
 /// Serves one connection to the end.
@@ -95,7 +103,10 @@ where
     tokio::pin!(timer);
     let sniffed = tokio::select! {
         sniffed = io.protocol() => sniffed,
-        () = timer.as_mut() => return debug!(timeout = ?listener.head_timeout, "nothing received within the header read timeout; closing"),
+        () = timer.as_mut() => {
+            count(listener.quiet.map(|q| &q.request_head));
+            return debug!(timeout = ?listener.head_timeout, "nothing received within the header read timeout; closing");
+        }
         () = phase.reached(Phase::Close) => return,
     };
     let (protocol, prefix) = match sniffed {
@@ -116,12 +127,12 @@ where
     }));
     match protocol {
         Protocol::Http1 => {
-            let idle = Idle { state, head_timeout: listener.head_timeout };
+            let idle = Idle { state, head_timeout: listener.head_timeout, quiet: listener.quiet };
             serve_http1(&listener.protocols.http1, io, service, idle, phase, timer).await;
         }
         Protocol::Http2 => {
             let idle = listener.protocols.h2_idle_timeout.map(|timeout| (timeout, state));
-            serve_http2(&listener.protocols.http2, io, service, phase, idle, timer).await;
+            serve_http2(&listener.protocols.http2, io, service, phase, idle, timer, listener.quiet).await;
         }
     }
 }
@@ -137,6 +148,7 @@ async fn serve_http2<T, S, B>(
     mut phase: Phases,
     idle: Option<(Duration, Arc<ConnState>)>,
     mut timer: Pin<&mut tokio::time::Sleep>,
+    quiet: Option<&'static super::QuietCounters>,
 ) where
     T: Transport,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -162,6 +174,7 @@ async fn serve_http2<T, S, B>(
                     Some(_) if idle_goaway => return debug!("no answer to the idle GOAWAY; closed"),
                     Some(since) if since + *timeout <= Instant::now() => {
                         debug!(timeout = ?timeout, "no HTTP/2 stream open within the idle timeout; closing");
+                        count(quiet.map(|q| &q.h2_idle));
                         if !goaway_sent {
                             conn.as_mut().graceful_shutdown();
                         }
@@ -184,6 +197,10 @@ async fn serve_http2<T, S, B>(
         }
     };
     if let Err(e) = result {
+        if e.is_timeout() {
+            // hyper's keep-alive: the client did not answer a PING.
+            count(quiet.map(|q| &q.h2_ping));
+        }
         debug!(error = %e, "connection ended with error");
     }
 }
@@ -239,7 +256,10 @@ async fn serve_http1<T, S, B>(
                 }
                 () = Gated::new(timer.as_mut()), if !closing => match idle.next(round, parking) {
                     Next::Wait(at) => timer.as_mut().reset(at),
-                    Next::Close => return debug!(timeout = ?idle.head_timeout, "no request head within the header read timeout; closing"),
+                    Next::Close => {
+                        count(idle.quiet.map(|q| &q.request_head));
+                        return debug!(timeout = ?idle.head_timeout, "no request head within the header read timeout; closing");
+                    }
                     Next::Park => {
                         trace!("idle; parking");
                         // hyper stops an idle connection at once; one that
@@ -291,6 +311,7 @@ struct Idle {
     /// when it opened or its last response ended (slowloris, idle
     /// keep-alive).
     head_timeout: Duration,
+    quiet: Option<&'static super::QuietCounters>,
 }
 
 enum Next {

@@ -62,6 +62,22 @@ pub struct ServerOptions {
     pub h2_keepalive: Option<(Duration, Duration)>,
     /// HTTP/2: a connection with no stream open this long gets a GOAWAY.
     pub h2_idle_timeout: Option<Duration>,
+    /// Counts connections closed because the client went quiet, if this
+    /// listener is measured.
+    pub quiet: Option<QuietCounters>,
+}
+
+/// Client connections closed because the client went quiet, by the bound
+/// that closed them (`outrider_connection_timeouts_total{cause}`).
+#[derive(Debug, Clone)]
+pub struct QuietCounters {
+    /// No complete request head (or TLS handshake) within
+    /// `OUTRIDER_HEADER_READ_TIMEOUT`.
+    pub request_head: prometheus::IntCounter,
+    /// An HTTP/2 PING not answered within `OUTRIDER_H2_KEEPALIVE_TIMEOUT`.
+    pub h2_ping: prometheus::IntCounter,
+    /// No HTTP/2 stream open for `OUTRIDER_H2_IDLE_TIMEOUT`.
+    pub h2_idle: prometheus::IntCounter,
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
@@ -87,6 +103,7 @@ where
     let draining = drain.draining_flag();
     let mut phase = drain.clone();
     let head: Option<&'static HeadLimits> = options.head.clone().map(|h| &*Box::leak(Box::new(h)));
+    let quiet: Option<&'static QuietCounters> = options.quiet.clone().map(|q| &*Box::leak(Box::new(q)));
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -139,8 +156,14 @@ where
             async move {
                 let _slot = slot;
                 let _open = open;
-                let listener =
-                    Listener { protocols: &protocols, make_service: &*make_service, draining, head_timeout: handshake_timeout, head };
+                let listener = Listener {
+                    protocols: &protocols,
+                    make_service: &*make_service,
+                    draining,
+                    head_timeout: handshake_timeout,
+                    head,
+                    quiet,
+                };
                 let info = ConnInfo { remote, local, tls: tls.is_some(), client_subject: None };
                 match tls {
                     None => conn::drive(listener, stream, info, phase).await,
@@ -173,7 +196,10 @@ async fn serve_tls<M, S, B>(
     let stream = match tokio::time::timeout(listener.head_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-        Err(_) => return debug!("TLS handshake timed out"),
+        Err(_) => {
+            conn::count(listener.quiet.map(|q| &q.request_head));
+            return debug!("TLS handshake timed out");
+        }
     };
     let client_subject = crate::tls::client_subject(stream.get_ref().1).map(Arc::from);
     let info = ConnInfo { client_subject, ..info };

@@ -32,6 +32,10 @@ pub const REFUSED_REASONS: [&str; 5] = ["method_not_allowed", "payload_too_large
 /// The bodies an idle bound can cut, in `outrider_body_timeouts_total{direction}`.
 pub const BODY_TIMEOUT_DIRECTIONS: [&str; 2] = ["request", "response"];
 
+/// What closed a quiet client connection, in
+/// `outrider_connection_timeouts_total{cause}`.
+pub const CONNECTION_TIMEOUT_CAUSES: [&str; 4] = ["request_head", "h2_ping", "h2_idle", "tunnel_idle"];
+
 /// Latency buckets from 0.5 ms to 30 s: a sidecar adds well under a
 /// millisecond, legacy apps take seconds; both ends need resolution.
 const LATENCY_BUCKETS: [f64; 16] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -61,6 +65,8 @@ pub struct Metrics {
     pub refused: [IntCounter; REFUSED_REASONS.len()],
     /// `[request, response]`: bodies cut by their idle bound.
     pub body_timeouts: [IntCounter; BODY_TIMEOUT_DIRECTIONS.len()],
+    /// In the order of [`CONNECTION_TIMEOUT_CAUSES`].
+    pub connection_timeouts: [IntCounter; CONNECTION_TIMEOUT_CAUSES.len()],
     pub app_ready: IntGauge,
     pub draining: IntGauge,
     pub drain_cut_connections: IntCounter,
@@ -148,6 +154,14 @@ impl Metrics {
             BODY_TIMEOUT_DIRECTIONS,
         )?;
 
+        let connection_timeouts = labelled(
+            &registry,
+            "outrider_connection_timeouts_total",
+            "Client connections closed because the client went quiet, by the bound that closed them.",
+            "cause",
+            CONNECTION_TIMEOUT_CAUSES,
+        )?;
+
         let build_info =
             IntGaugeVec::new(Opts::new("outrider_build_info", "Build information; the value is always 1."), &["version", "commit"])?;
         registry.register(Box::new(build_info.clone()))?;
@@ -181,6 +195,7 @@ impl Metrics {
             load_shed: counter("outrider_load_shed_total", "Requests refused with 503 because OUTRIDER_MAX_INFLIGHT were in flight.")?,
             refused,
             body_timeouts,
+            connection_timeouts,
             app_ready: gauge("outrider_app_ready", "1 when the app passes its health check.")?,
             draining: gauge("outrider_draining", "1 once outrider has started draining.")?,
             drain_cut_connections: counter(
