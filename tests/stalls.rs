@@ -137,6 +137,19 @@ async fn a_stalled_request_body_gets_408_and_the_app_sees_the_request_aborted() 
     assert!(line.contains("\"status\":408") && line.contains("request_body_timeout"), "{line}");
     assert_eq!(o.metric("outrider_body_timeouts_total{direction=\"request\"}").await, Some(1.0));
 
+    // HTTP/2: a stream whose body stops after its first frame gets 408.
+    type Chunk = Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"0123456789")))).await.expect("first frame");
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|frame| (frame, rx)) });
+    let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames));
+    let started = Instant::now();
+    let (status, _, _) = send(&h2c_client(), http::Request::post(o.url("/count")).body(body).expect("a request")).await.expect("an answer");
+    assert_eq!(status, 408);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(tx);
+    assert_eq!(o.wait_metric("outrider_body_timeouts_total{direction=\"request\"}", |n| n >= 2.0).await, 2.0);
+
     // A slow but steady body is not idle, and the request timeout counts
     // from its end: a 3 s upload with a 1 s request timeout is served.
     let slow = outrider(&app.url()).env("OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT", "2s").env("OUTRIDER_REQUEST_TIMEOUT", "1s").start().await;
