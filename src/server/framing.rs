@@ -19,8 +19,12 @@
 //! also hands over a request with `Transfer-Encoding`, which is what the
 //! ambiguous head turns into.
 //!
-//! Cost: one `memchr` for `\n` over the bytes read, and a few byte
-//! comparisons at the start of each line that begins with `c` or `t`.
+//! Cost: a `memchr` for `\n` per line, and a few byte comparisons at the
+//! start of each line that begins with `c` or `t`: 255 instructions a
+//! request for wrk's 3-line head (callgrind), about 85 a line. Measured
+//! against that and worse for such heads: one `memchr_iter` per read (440;
+//! the searcher is set up per call), and a word-at-a-time loop in a
+//! register (360).
 
 use std::{
     io,
@@ -265,10 +269,12 @@ mod tests {
                     proptest::strategy::Just(&b"c"[..]),
                     proptest::strategy::Just(&b" x"[..]),
                     proptest::strategy::Just(&b"POST / HTTP/1.1"[..]),
+                    proptest::strategy::Just(&b"\x0b\x8a\x09"[..]),
+                    proptest::strategy::Just(&[b'x'; 100][..]),
                 ],
-                0..40,
+                0..60,
             ),
-            cuts in proptest::collection::vec(0usize..400, 0..6),
+            cuts in proptest::collection::vec(0usize..2000, 0..6),
         ) {
             let bytes = parts.concat();
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
