@@ -71,7 +71,7 @@ impl ProxyBody {
         body: Incoming,
         lease: Option<Lease>,
         upstream_time: Duration,
-        idle: Option<Duration>,
+        idle: Option<&'static Duration>,
         activity: Option<Arc<Activity>>,
     ) -> Self {
         Self {

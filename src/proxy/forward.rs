@@ -166,7 +166,7 @@ pub(super) async fn forward(
             .in_current_span(),
         );
     }
-    let idle = if switching { None } else { inner.response_body_idle_timeout };
+    let idle = if switching { None } else { inner.response_body_idle_timeout.as_ref() };
     Ok(response.map(|body| ProxyBody::streamed(body, lease, upstream_time, idle, activity)))
 }
 

@@ -94,7 +94,7 @@ where
         // Only a request with a body has anything to share with its
         // response; a `GET` allocates nothing here.
         let activity = (self.bounds.watch_activity && !req.body().is_end_stream()).then(|| Arc::new(Activity::new()));
-        let idle = activity.as_ref().and(self.bounds.request_body_idle).map(IdleTimer::new);
+        let idle = activity.as_ref().and(self.bounds.request_body_idle.as_ref()).map(IdleTimer::new);
         let req = req.map(|body| Limited { inner: Some(body), seen: 0, limit, activity, idle });
         Either::Right(Slotted { inner: self.inner.call(req), slot })
     }
