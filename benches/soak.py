@@ -173,9 +173,12 @@ async def read_body(reader, headers, sink=None, piece=64 * KiB, pause=0.0, stop_
                     return got
             await reader.readexactly(2)
     elif "content-length" in headers:
-        left = int(headers["content-length"])
+        total = left = int(headers["content-length"])
         while left:
-            data = await reader.readexactly(min(piece, left))
+            try:
+                data = await reader.readexactly(min(piece, left))
+            except asyncio.IncompleteReadError as e:
+                raise OpError("cut response", f"{got + len(e.partial)} of {total} bytes") from e
             left -= len(data)
             await take(data)
             if stop_after is not None and got >= stop_after:
