@@ -1126,7 +1126,9 @@ def main():
     p.add_argument("--restart-every", type=float, default=None, help="default: 180 s, or a quarter of a shorter run")
     p.add_argument("--restart-down", type=float, default=3)
     p.add_argument("--sample-every", type=float, default=10)
-    p.add_argument("--settle", type=float, default=3, help="seconds between the last client close and a quiet sample")
+    # jemalloc hands freed pages back to the OS over about 10 s
+    # (dirty_decay_ms): an RSS read sooner counts what it still holds.
+    p.add_argument("--settle", type=float, default=15, help="seconds between the last client close and a quiet sample")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tmp", required=True)
     p.add_argument("--out-dir", required=True)
