@@ -134,6 +134,11 @@ fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     m.app_ready.set(i64::from(state.health.is_healthy()));
     m.draining.set(i64::from(state.drain.phase() != Phase::Serve));
     m.buffered_requests.set(i64::try_from(state.held.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    // The admin server runs on the runtime that serves the proxy: one read
+    // of its task counter per scrape, nothing on the request path.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        m.runtime_tasks.set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+    }
     let mut response = respond(StatusCode::OK, Bytes::from(m.encode()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response

@@ -304,6 +304,8 @@ async fn metrics_count_exactly_the_requests_sent_and_pass_promtool() {
     assert!(after.contains("process_resident_memory_bytes"));
     assert_eq!(sample(&after, "outrider_app_ready", ""), 1.0);
     assert_eq!(sample(&after, "outrider_draining", ""), 0.0);
+    // At least the listeners and the health check; read at scrape time.
+    assert!(sample(&after, "outrider_runtime_tasks", "") >= 2.0, "{after}");
     assert!(!after.contains("/m/"), "a raw path leaked into a label");
 
     // Upstream failures are counted by kind.

@@ -11,12 +11,16 @@
 //! socket; `into_parts` hands back the socket and any unparsed bytes) and
 //! the task waits on the bare socket. The next byte from the client starts
 //! a fresh hyper connection on the same socket. A busy connection never
-//! parks, so the hot path pays nothing for this.
+//! parks, so the hot path pays nothing for this; nor does one whose
+//! response the client has not taken yet (hyper drops a response body once
+//! its last bytes are in its write buffer, and taking the connection apart
+//! then would drop them: see `Watched`).
 
 use std::{
     convert::Infallible,
     pin::Pin,
     sync::{Arc, atomic::AtomicBool},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -26,7 +30,10 @@ use hyper::{
     server::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::{io::AsyncWriteExt, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    time::Instant,
+};
 use tracing::{debug, trace};
 
 use crate::gate::Gated;
@@ -229,7 +236,8 @@ async fn serve_http1<T, S, B>(
         // Boxed so that a parked connection's task holds only the socket.
         // Each hyper connection starts at a message boundary, so does the scan.
         let scanned = Scanned::new(io, idle.state.clone());
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(scanned), service));
+        let watched = Watched { io: scanned, state: idle.state.clone() };
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(watched), service));
         let (mut parking, mut closing) = (false, false);
         let round = Instant::now();
         timer.as_mut().reset(round + PARK_AFTER);
@@ -275,7 +283,7 @@ async fn serve_http1<T, S, B>(
         }
         let parts = conn.into_parts();
         service = parts.service;
-        io = parts.io.into_inner().into_inner();
+        io = parts.io.into_inner().io.into_inner();
         io.unread(parts.read_buf);
         if let Some(upgrade) = idle.state.take_upgrade() {
             // The proxy splices it to the app; if it gave up, the client
@@ -300,6 +308,55 @@ async fn serve_http1<T, S, B>(
                 () = phase.reached(Phase::Close) => return,
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/1 connection's transport, telling its [`ConnState`] whether
+    /// writes to the client go through: while they do not, hyper holds
+    /// response bytes, and the connection is neither idle nor parked (taking
+    /// hyper's connection apart would drop them).
+    struct Watched<T> {
+        #[pin]
+        io: T,
+        state: Arc<ConnState>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.io.poll_write(cx, buf);
+        this.state.wrote(written.is_pending());
+        written
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.io.poll_write_vectored(cx, bufs);
+        this.state.wrote(written.is_pending());
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let flushed = this.io.poll_flush(cx);
+        this.state.wrote(flushed.is_pending());
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }
 
@@ -377,5 +434,72 @@ mod tests {
         assert!(!waiter.is_finished());
         tx.send(Phase::Drain).unwrap();
         tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken by the phase").unwrap();
+    }
+}
+
+#[cfg(test)]
+mod slow_reader {
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioTimer;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+
+    /// An in-memory client connection: the pipe's capacity stands for the
+    /// socket buffers, and the client never sends a second request.
+    impl Transport for DuplexStream {
+        async fn readable(&self) -> std::io::Result<()> {
+            std::future::pending().await
+        }
+
+        async fn protocol(&mut self) -> std::io::Result<Option<(Protocol, Bytes)>> {
+            Ok(Some((Protocol::Http1, Bytes::new())))
+        }
+    }
+
+    /// The app's body has ended, but most of it is still in hyper's write
+    /// buffer because the client reads slowly: the connection is busy, not
+    /// idle. Parking it then (hyper counts a `Connection: close` exchange as
+    /// done once its last bytes are buffered, and is taken apart without
+    /// flushing them) or closing it at the head timeout cut the response.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_still_being_written_is_neither_parked_nor_closed() {
+        const LEN: usize = 1 << 20;
+        static DRAINING: AtomicBool = AtomicBool::new(false);
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (_drain, watch) = crate::drain::Manual::new();
+        let mut http1 = http1::Builder::new();
+        http1.timer(TokioTimer::new()).writev(false);
+        let protocols = Protocols { http1, http2: http2::Builder::new(TokioExecutor::new()), h2_idle_timeout: None };
+        let body = Bytes::from(vec![7u8; LEN]);
+        let make_service = move |_: crate::server::ConnInfo| {
+            let body = body.clone();
+            tower::service_fn(move |_: Request<Incoming>| std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(body.clone())))))
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let info = crate::server::ConnInfo { remote: addr, local: addr, tls: false, client_subject: None };
+        let served = tokio::spawn(async move {
+            let listener = Listener {
+                protocols: &protocols,
+                make_service: &make_service,
+                draining: &DRAINING,
+                head_timeout: Duration::from_secs(1),
+                head: None,
+                quiet: None,
+            };
+            drive(listener, server, info, watch.phases()).await;
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n").await.unwrap();
+        // Nothing read for longer than the parking delay and the head timeout.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).await.unwrap();
+        let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(got.len() - body_at, LEN, "the response was cut");
+        served.await.unwrap();
     }
 }

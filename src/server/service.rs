@@ -34,6 +34,9 @@ pub(super) struct ConnState {
     /// When `busy` last dropped to zero (or the connection opened), as
     /// nanoseconds since [`epoch`].
     idle_since: AtomicU64,
+    /// The last write to the client did not go through: hyper holds
+    /// response bytes the client has not taken yet (see [`Self::wrote`]).
+    write_blocked: AtomicBool,
     /// A `101` went out: the driver hands the connection to `upgrade`.
     switched: AtomicBool,
     /// Where an upgrade request waits for its connection. Only touched by
@@ -49,6 +52,7 @@ impl ConnState {
         Self {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(since_epoch()),
+            write_blocked: AtomicBool::new(false),
             switched: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             ambiguous_heads: AtomicUsize::new(0),
@@ -56,13 +60,27 @@ impl ConnState {
     }
 
     /// When the last request ended (or the connection opened); `None`
-    /// while a request is in progress.
+    /// while a request is in progress, or its response is still being
+    /// written: hyper drops a response body once its last bytes are in its
+    /// write buffer, and a slow reader may take them much later.
     pub(super) fn idle_since(&self) -> Option<tokio::time::Instant> {
-        if self.busy.load(Ordering::Acquire) > 0 {
+        if self.busy.load(Ordering::Acquire) > 0 || self.write_blocked.load(Ordering::Relaxed) {
             return None;
         }
         let idle_since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
         Some(tokio::time::Instant::from_std(epoch() + idle_since))
+    }
+
+    /// What a write (or flush) to the client just did: `blocked` when it
+    /// could not go through. The idle time of a connection whose writes
+    /// were blocked starts when they go through again.
+    pub(super) fn wrote(&self, blocked: bool) {
+        if blocked {
+            self.write_blocked.store(true, Ordering::Relaxed);
+        } else if self.write_blocked.load(Ordering::Relaxed) {
+            self.idle_since.store(since_epoch(), Ordering::Relaxed);
+            self.write_blocked.store(false, Ordering::Relaxed);
+        }
     }
 
     /// The upgrade to hand the connection to, if a `101` was written.

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub draining: IntGauge,
     pub drain_cut_connections: IntCounter,
     pub buffered_requests: IntGauge,
+    /// Tasks alive on outrider's runtime, set at scrape time.
+    pub runtime_tasks: IntGauge,
 }
 
 /// A metric could not be registered (a programming error: duplicate name).
@@ -203,6 +205,7 @@ impl Metrics {
                 "Client connections still open at the drain timeout (or a second shutdown signal), closed then.",
             )?,
             buffered_requests: gauge("outrider_buffered_requests", "Requests held while the app is not accepting connections.")?,
+            runtime_tasks: gauge("outrider_runtime_tasks", "Tokio tasks alive on outrider's runtime.")?,
             registry,
         })
     }
