@@ -107,6 +107,9 @@ settings! {
     pub h2_keepalive_interval: Option<Duration> = "30s", duration_or_off(DAY);
     /// Time an HTTP/2 client has to answer that PING before its connection is closed.
     pub h2_keepalive_timeout: Duration = "20s", duration(NONZERO, DAY);
+    // nginx's send_timeout.
+    /// An HTTP/1 client that takes none of its response for this long (its connection's writes blocked: it stopped reading) is disconnected; `0` disables. (An HTTP/2 client that stops reading gets no PING through and is closed by `OUTRIDER_H2_KEEPALIVE_TIMEOUT`.)
+    pub send_timeout: Option<Duration> = "60s", duration_or_off(DAY);
     // nginx's http2_idle_timeout was 3 min.
     /// An HTTP/2 connection with no stream open for this long is sent a GOAWAY and closed (clients reconnect when they next need to); `0` disables.
     pub h2_idle_timeout: Option<Duration> = "3m", duration_or_off(DAY);

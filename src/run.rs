@@ -230,6 +230,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         head: None,
         h2_keepalive: config.h2_keepalive_interval.map(|interval| (interval, config.h2_keepalive_timeout)),
         h2_idle_timeout: config.h2_idle_timeout,
+        send_timeout: config.send_timeout,
         quiet: None,
     };
     let options = ServerOptions {
@@ -245,6 +246,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             request_head: metrics.connection_timeouts[0].clone(),
             h2_ping: metrics.connection_timeouts[1].clone(),
             h2_idle: metrics.connection_timeouts[2].clone(),
+            send: metrics.connection_timeouts[4].clone(),
         }),
         ..admin_options.clone()
     };

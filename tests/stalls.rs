@@ -278,3 +278,26 @@ async fn an_http2_header_block_left_unfinished_is_closed_by_the_ping_bound() {
     assert_eq!(app.count(), 0, "no request reached the app");
     assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"h2_ping\"}", |n| n > 0.0).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_client_that_stops_reading_is_disconnected_at_the_send_timeout() {
+    let app = App::start().await;
+    let o = outrider(&app.url()).env("OUTRIDER_SEND_TIMEOUT", "1s").start().await;
+    // 256 MiB, far more than the socket buffers hold, and never read.
+    let mut stream = tokio::net::TcpStream::connect(o.listen).await.expect("connect");
+    stream.write_all(b"GET /bytes/268435456 HTTP/1.1\r\nhost: app\r\n\r\n").await.expect("send");
+    assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"send\"}", |n| n > 0.0).await, 1.0);
+    // What was buffered can still be read, then the connection ends short.
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("the connection stayed open") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < 268_435_456, "the whole body arrived");
+    // A client that reads, however slowly in between, is not cut.
+    let (status, _, body) = get(&o.url("/bytes/1048576")).await.expect("a normal download");
+    assert_eq!((status, body.len()), (200, 1_048_576));
+}

@@ -73,6 +73,9 @@ pub(super) struct Protocols {
     pub(super) http2: http2::Builder<TokioExecutor>,
     /// An HTTP/2 connection with no stream open this long gets a GOAWAY.
     pub(super) h2_idle_timeout: Option<Duration>,
+    /// An HTTP/1 client that takes none of its response this long is
+    /// disconnected.
+    pub(super) send_timeout: Option<Duration>,
 }
 
 /// What a connection needs from its listener.
@@ -134,7 +137,8 @@ where
     }));
     match protocol {
         Protocol::Http1 => {
-            let idle = Idle { state, head_timeout: listener.head_timeout, quiet: listener.quiet };
+            let idle =
+                Idle { state, head_timeout: listener.head_timeout, send_timeout: listener.protocols.send_timeout, quiet: listener.quiet };
             serve_http1(&listener.protocols.http1, io, service, idle, phase, timer).await;
         }
         Protocol::Http2 => {
@@ -264,6 +268,10 @@ async fn serve_http1<T, S, B>(
                 }
                 () = Gated::new(timer.as_mut()), if !closing => match idle.next(round, parking) {
                     Next::Wait(at) => timer.as_mut().reset(at),
+                    Next::Stalled => {
+                        count(idle.quiet.map(|q| &q.send));
+                        return debug!(timeout = ?idle.send_timeout, "the client took none of its response within the send timeout; closing");
+                    }
                     Next::Close => {
                         count(idle.quiet.map(|q| &q.request_head));
                         return debug!(timeout = ?idle.head_timeout, "no request head within the header read timeout; closing");
@@ -368,6 +376,8 @@ struct Idle {
     /// when it opened or its last response ended (slowloris, idle
     /// keep-alive).
     head_timeout: Duration,
+    /// How long the client may take none of its response.
+    send_timeout: Option<Duration>,
     quiet: Option<&'static super::QuietCounters>,
 }
 
@@ -376,6 +386,8 @@ enum Next {
     Wait(Instant),
     Park,
     Close,
+    /// The client has not read its response for the send timeout.
+    Stalled,
 }
 
 impl Idle {
@@ -384,6 +396,12 @@ impl Idle {
     /// it as idle, and shutting it down would only turn keep-alive off.
     fn next(&self, round: Instant, parking: bool) -> Next {
         let now = Instant::now();
+        if let (Some(blocked), Some(timeout)) = (self.state.blocked_since(), self.send_timeout) {
+            if now >= blocked + timeout {
+                return Next::Stalled;
+            }
+            return Next::Wait((blocked + timeout).min(now + BUSY_RECHECK));
+        }
         let Some(since) = self.state.idle_since() else {
             // A request is in progress: it is bounded elsewhere.
             return Next::Wait(now + BUSY_RECHECK);
@@ -473,7 +491,7 @@ mod slow_reader {
         let (_drain, watch) = crate::drain::Manual::new();
         let mut http1 = http1::Builder::new();
         http1.timer(TokioTimer::new()).writev(false);
-        let protocols = Protocols { http1, http2: http2::Builder::new(TokioExecutor::new()), h2_idle_timeout: None };
+        let protocols = Protocols { http1, http2: http2::Builder::new(TokioExecutor::new()), h2_idle_timeout: None, send_timeout: None };
         let body = Bytes::from(vec![7u8; LEN]);
         let make_service = move |_: crate::server::ConnInfo| {
             let body = body.clone();

@@ -62,6 +62,9 @@ pub struct ServerOptions {
     pub h2_keepalive: Option<(Duration, Duration)>,
     /// HTTP/2: a connection with no stream open this long gets a GOAWAY.
     pub h2_idle_timeout: Option<Duration>,
+    /// HTTP/1: a client that takes none of its response this long is
+    /// disconnected.
+    pub send_timeout: Option<Duration>,
     /// Counts connections closed because the client went quiet, if this
     /// listener is measured.
     pub quiet: Option<QuietCounters>,
@@ -78,6 +81,9 @@ pub struct QuietCounters {
     pub h2_ping: prometheus::IntCounter,
     /// No HTTP/2 stream open for `OUTRIDER_H2_IDLE_TIMEOUT`.
     pub h2_idle: prometheus::IntCounter,
+    /// An HTTP/1 client that took none of its response for
+    /// `OUTRIDER_SEND_TIMEOUT`.
+    pub send: prometheus::IntCounter,
 }
 
 /// Serves `listener` until the phase reaches [`Phase::Close`], spawning one
@@ -232,7 +238,7 @@ fn build(options: &ServerOptions) -> Protocols {
         // Bounds the cost of a rapid-reset flood (CVE-2023-44487).
         .max_pending_accept_reset_streams(Some(50))
         .max_concurrent_streams(Some(1024));
-    Protocols { http1, http2, h2_idle_timeout: options.h2_idle_timeout }
+    Protocols { http1, http2, h2_idle_timeout: options.h2_idle_timeout, send_timeout: options.send_timeout }
 }
 
 /// Errors that concern one failed handshake, not the listener.

@@ -37,6 +37,10 @@ pub(super) struct ConnState {
     /// The last write to the client did not go through: hyper holds
     /// response bytes the client has not taken yet (see [`Self::wrote`]).
     write_blocked: AtomicBool,
+    /// When the current spell of blocked writes began, as nanoseconds
+    /// since [`epoch`] (for the send timeout); meaningful while
+    /// `write_blocked` is set.
+    blocked_since: AtomicU64,
     /// A `101` went out: the driver hands the connection to `upgrade`.
     switched: AtomicBool,
     /// Where an upgrade request waits for its connection. Only touched by
@@ -53,6 +57,7 @@ impl ConnState {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(since_epoch()),
             write_blocked: AtomicBool::new(false),
+            blocked_since: AtomicU64::new(0),
             switched: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             ambiguous_heads: AtomicUsize::new(0),
@@ -76,11 +81,26 @@ impl ConnState {
     /// were blocked starts when they go through again.
     pub(super) fn wrote(&self, blocked: bool) {
         if blocked {
-            self.write_blocked.store(true, Ordering::Relaxed);
+            // Stamped once per spell: a blocked write is retried on every
+            // wake-up, and only the first one starts the send timeout.
+            if !self.write_blocked.load(Ordering::Relaxed) {
+                self.blocked_since.store(since_epoch(), Ordering::Relaxed);
+                self.write_blocked.store(true, Ordering::Relaxed);
+            }
         } else if self.write_blocked.load(Ordering::Relaxed) {
             self.idle_since.store(since_epoch(), Ordering::Relaxed);
             self.write_blocked.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Since when the client has taken none of what was written to it, if
+    /// it has not.
+    pub(super) fn blocked_since(&self) -> Option<tokio::time::Instant> {
+        if !self.write_blocked.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = Duration::from_nanos(self.blocked_since.load(Ordering::Relaxed));
+        Some(tokio::time::Instant::from_std(epoch() + since))
     }
 
     /// The upgrade to hand the connection to, if a `101` was written.

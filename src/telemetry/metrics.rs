@@ -34,7 +34,7 @@ pub const BODY_TIMEOUT_DIRECTIONS: [&str; 2] = ["request", "response"];
 
 /// What closed a quiet client connection, in
 /// `outrider_connection_timeouts_total{cause}`.
-pub const CONNECTION_TIMEOUT_CAUSES: [&str; 4] = ["request_head", "h2_ping", "h2_idle", "tunnel_idle"];
+pub const CONNECTION_TIMEOUT_CAUSES: [&str; 5] = ["request_head", "h2_ping", "h2_idle", "tunnel_idle", "send"];
 
 /// Latency buckets from 0.5 ms to 30 s: a sidecar adds well under a
 /// millisecond, legacy apps take seconds; both ends need resolution.
