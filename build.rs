@@ -18,11 +18,24 @@ fn main() {
     }
     // Rebuilt when HEAD moves: a checkout rewrites HEAD, a commit the ref it
     // names. Only existing files are watched (a missing one would make
-    // cargo rerun this script on every build).
-    let mut watched = vec![".git/HEAD".to_owned(), ".git/packed-refs".to_owned()];
-    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
+    // cargo rerun this script on every build). In a linked worktree `.git`
+    // is a file: HEAD is in the worktree's own git directory and the refs
+    // in the common one, so both are asked of git.
+    let git_path = |what: &str| {
+        Command::new("git")
+            .args(["rev-parse", what])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .filter(|p| !p.is_empty())
+    };
+    let git_dir = git_path("--git-dir").unwrap_or_else(|| ".git".to_owned());
+    let common_dir = git_path("--git-common-dir").unwrap_or_else(|| git_dir.clone());
+    let mut watched = vec![format!("{git_dir}/HEAD"), format!("{common_dir}/packed-refs")];
+    if let Ok(head) = std::fs::read_to_string(format!("{git_dir}/HEAD")) {
         if let Some(reference) = head.trim().strip_prefix("ref: ") {
-            watched.push(format!(".git/{reference}"));
+            watched.push(format!("{common_dir}/{reference}"));
         }
     }
     for path in watched.iter().filter(|p| Path::new(p).exists()) {
