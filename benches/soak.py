@@ -814,34 +814,27 @@ class Soak:
                 finally:
                     soft_close(writer)
 
-            async def slow_read():
-                n = 6 * MiB
+            async def paced_read(n, piece):
+                # 10 pieces a second. At 32 KiB (320 KiB/s) the last few MiB
+                # (what the socket buffers and outrider's write buffer hold
+                # once the app's body has ended) take longer than
+                # OUTRIDER_HEADER_READ_TIMEOUT.
                 reader, writer = await open_conn(self.port)
                 try:
                     writer.write(head_bytes("GET", f"/big?n={n}", self.port, close=True))
                     _, status, headers = await read_head(reader)
                     expect_status(status)
-                    got = await read_body(reader, headers, pattern_checker(), piece=128 * KiB, pause=0.1)
+                    got = await read_body(reader, headers, pattern_checker(), piece=piece, pause=0.1)
                     if got != n:
                         raise OpError("short body")
                 finally:
                     soft_close(writer)
 
+            async def slow_read():
+                await paced_read(6 * MiB, 128 * KiB)
+
             async def very_slow_read():
-                # 320 KiB/s: the last few MiB (what the socket buffers and
-                # outrider's write buffer hold once the app's body has
-                # ended) take longer than OUTRIDER_HEADER_READ_TIMEOUT.
-                n = 8 * MiB
-                reader, writer = await open_conn(self.port)
-                try:
-                    writer.write(head_bytes("GET", f"/big?n={n}", self.port, close=True))
-                    _, status, headers = await read_head(reader)
-                    expect_status(status)
-                    got = await read_body(reader, headers, pattern_checker(), piece=32 * KiB, pause=0.1)
-                    if got != n:
-                        raise OpError("short body")
-                finally:
-                    soft_close(writer)
+                await paced_read(8 * MiB, 32 * KiB)
 
             fn, kind = [(slow_head, "slow client: trickled head"), (slow_upload, "slow client: trickled body"),
                         (slow_read, "slow client: slow reader"),
