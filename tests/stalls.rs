@@ -13,6 +13,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// has to send to have a connection, and then it goes silent.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
+/// The type of each HTTP/2 frame in `bytes` (a server's side of the
+/// connection, which has no preface).
+fn frame_types(mut frames: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while frames.len() >= 9 {
+        let len = usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        types.push(frames[3]);
+        frames = frames.get(9 + len..).unwrap_or_default();
+    }
+    types
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_http2_client_is_pinged_then_closed() {
     let app = App::start().await;
@@ -43,13 +55,7 @@ async fn a_silent_http2_client_is_pinged_then_closed() {
     assert!(took >= Duration::from_secs(1), "closed before the keep-alive interval: {took:?}");
     assert!(took < Duration::from_secs(10), "closed {took:?} after going silent, with 1 s + 1 s configured");
     // A PING frame (type 6) went out before the close.
-    let mut frames = seen.as_slice();
-    let mut types = Vec::new();
-    while frames.len() >= 9 {
-        let len = usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
-        types.push(frames[3]);
-        frames = frames.get(9 + len..).unwrap_or_default();
-    }
+    let types = frame_types(&seen);
     assert!(types.contains(&6), "no PING was sent: frame types {types:?}");
     assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"h2_ping\"}", |n| n > 0.0).await, 1.0);
 }
@@ -243,13 +249,7 @@ async fn an_http2_connection_without_streams_gets_a_goaway_at_the_idle_timeout()
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut seen)).await.expect("the idle connection stayed open").ok();
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "closed {took:?} after the preface, 1 s configured");
-    let mut frames = seen.as_slice();
-    let mut types = Vec::new();
-    while frames.len() >= 9 {
-        let len = usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
-        types.push(frames[3]);
-        frames = frames.get(9 + len..).unwrap_or_default();
-    }
+    let types = frame_types(&seen);
     assert!(types.contains(&7), "no GOAWAY was sent: frame types {types:?}");
     // The first connection's close and this one's.
     assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"h2_idle\"}", |n| n >= 2.0).await, 2.0);

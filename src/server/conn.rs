@@ -41,7 +41,7 @@ use crate::gate::Gated;
 use crate::drain::{Phase, Phases};
 
 use super::{
-    framing::Scanned,
+    framing::Scan,
     service::{ConnService, ConnState, InPlace},
     transport::{Protocol, Rewind, Transport, Upgraded},
 };
@@ -238,9 +238,7 @@ async fn serve_http1<T, S, B>(
     let mut drain = false;
     loop {
         // Boxed so that a parked connection's task holds only the socket.
-        // Each hyper connection starts at a message boundary, so does the scan.
-        let scanned = Scanned::new(io, idle.state.clone());
-        let watched = Watched { io: scanned, state: idle.state.clone() };
+        let watched = Watched { io, scan: Scan::new(), state: idle.state.clone() };
         let mut conn = Box::new(builder.serve_connection(TokioIo::new(watched), service));
         let (mut parking, mut closing) = (false, false);
         let round = Instant::now();
@@ -291,7 +289,7 @@ async fn serve_http1<T, S, B>(
         }
         let parts = conn.into_parts();
         service = parts.service;
-        io = parts.io.into_inner().io.into_inner();
+        io = parts.io.into_inner().io;
         io.unread(parts.read_buf);
         if let Some(upgrade) = idle.state.take_upgrade() {
             // The proxy splices it to the app; if it gave up, the client
@@ -320,20 +318,35 @@ async fn serve_http1<T, S, B>(
 }
 
 pin_project_lite::pin_project! {
-    /// An HTTP/1 connection's transport, telling its [`ConnState`] whether
+    /// An HTTP/1 connection's transport as hyper uses it, telling its
+    /// [`ConnState`] two things: a request head with both `Content-Length`
+    /// and `Transfer-Encoding` in what was read (see `framing`; hyper drops
+    /// the evidence before the request reaches a service), and whether
     /// writes to the client go through: while they do not, hyper holds
     /// response bytes, and the connection is neither idle nor parked (taking
-    /// hyper's connection apart would drop them).
+    /// hyper's connection apart would drop them). One wrapper for both: each
+    /// layer here is a call on every read and write.
     struct Watched<T> {
         #[pin]
         io: T,
+        // Each hyper connection starts at a message boundary, so does the scan.
+        scan: Scan,
         state: Arc<ConnState>,
     }
 }
 
 impl<T: AsyncRead> AsyncRead for Watched<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let found = this.scan.feed(&buf.filled()[before..]);
+            if found > 0 {
+                this.state.ambiguous_heads.fetch_add(found, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        result
     }
 }
 

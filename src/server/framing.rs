@@ -7,7 +7,8 @@
 //! `Content-Length` is dropped before the request reaches a service. nginx
 //! (since 1.21.1) and Envoy refuse it with 400 instead, so that the attempt
 //! is answered, logged and counted rather than quietly half-served. That
-//! needs the raw bytes, so [`Scanned`] watches what hyper reads.
+//! needs the raw bytes, so the HTTP/1 connection's transport (`conn`)
+//! feeds [`Scan`] what hyper reads.
 //!
 //! The scan does not frame messages (that would be a second HTTP parser):
 //! it splits the byte stream into blocks at empty lines and notes a block in
@@ -25,17 +26,6 @@
 //! against that and worse for such heads: one `memchr_iter` per read (440;
 //! the searcher is set up per call), and a word-at-a-time loop in a
 //! register (360).
-
-use std::{
-    io,
-    pin::Pin,
-    sync::{Arc, atomic::Ordering},
-    task::{Context, Poll},
-};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use super::service::ConnState;
 
 const CONTENT_LENGTH: &[u8] = b"content-length:";
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
@@ -118,64 +108,6 @@ impl Scan {
             };
         }
         found
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An HTTP/1 connection's byte stream, scanned as hyper reads it; an
-    /// ambiguous head is counted in the connection's [`ConnState`].
-    pub(super) struct Scanned<T> {
-        #[pin]
-        inner: T,
-        scan: Scan,
-        state: Arc<ConnState>,
-    }
-}
-
-impl<T> Scanned<T> {
-    pub(super) fn new(inner: T, state: Arc<ConnState>) -> Self {
-        Self { inner, scan: Scan::new(), state }
-    }
-
-    pub(super) fn into_inner(self) -> T {
-        self.inner
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for Scanned<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let found = this.scan.feed(&buf.filled()[before..]);
-            if found > 0 {
-                this.state.ambiguous_heads.fetch_add(found, Ordering::Relaxed);
-            }
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Scanned<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
     }
 }
 

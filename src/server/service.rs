@@ -47,7 +47,7 @@ pub(super) struct ConnState {
     /// requests that ask to upgrade.
     upgrade: Mutex<Option<oneshot::Sender<Upgraded>>>,
     /// Heads with both `Content-Length` and `Transfer-Encoding` read on
-    /// this connection (counted by `framing::Scanned`).
+    /// this connection (counted by the transport in `conn`).
     pub(super) ambiguous_heads: AtomicUsize,
 }
 
