@@ -85,7 +85,7 @@ settings! {
     pub log_format: LogFormat = "auto", LOG_FORMAT, flag "FORMAT";
     /// Timeout for opening a connection to the app. Exceeded → 504.
     pub upstream_connect_timeout: Duration = "1s", duration(NONZERO, DAY);
-    /// Time the app has to send its response head once the whole request, body included, has been sent; `0` disables. Exceeded → 504. A long download is not a slow app: response bodies are bounded only by `OUTRIDER_RESPONSE_BODY_IDLE_TIMEOUT`.
+    /// Time the app has to send its response head once the whole request, body included, has been sent (and, while the body is being sent, to go on taking it); `0` disables. Exceeded → 504. A long download is not a slow app: response bodies are bounded only by `OUTRIDER_RESPONSE_BODY_IDLE_TIMEOUT`.
     pub request_timeout: Option<Duration> = "60s", duration_or_off(DAY);
     // nginx's client_body_timeout is 60 s.
     /// A request body that stops arriving for this long before the response has begun gets `408 Request Timeout` (the app sees the request aborted); `0` disables. Once the app has answered, a quiet request body is the app's business (a streaming call).

@@ -301,3 +301,45 @@ async fn an_http1_client_that_stops_reading_is_disconnected_at_the_send_timeout(
     let (status, _, body) = get(&o.url("/bytes/1048576")).await.expect("a normal download");
     assert_eq!((status, body.len()), (200, 1_048_576));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_that_stops_reading_an_upload_and_never_answers_gets_504() {
+    // Reads the head, then neither the body nor anything else.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 256];
+            let _ = stream.read(&mut head).await;
+            held.push(stream);
+        }
+    });
+    let o = outrider(&format!("http://{app}")).env("OUTRIDER_REQUEST_TIMEOUT", "1s").start().await;
+    let mut stream = tokio::net::TcpStream::connect(o.listen).await.expect("connect");
+    let len = 256usize << 20;
+    stream.write_all(format!("POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: {len}\r\n\r\n").as_bytes()).await.expect("head");
+    let (mut read, mut write) = stream.into_split();
+    // The upload goes on as long as anything takes it.
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..len / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(PATIENCE, read.read(&mut chunk)).await.expect("no answer: the stalled upload was never bounded") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 504 "), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    upload.abort();
+}

@@ -53,11 +53,22 @@ pub struct Activity {
     /// app's business (a stream may send nothing for long), and only the
     /// response's idle bound applies.
     responded: AtomicBool,
+    /// The request body is waiting on the client (its last poll had
+    /// nothing): a stall then is the client's, bounded by the request
+    /// body's idle timeout; otherwise it is the app's, which stopped
+    /// taking the body.
+    waiting: AtomicBool,
 }
 
 impl Activity {
     pub fn new() -> Self {
-        Self { origin: Instant::now(), last: AtomicU64::new(0), ended: AtomicU64::new(0), responded: AtomicBool::new(false) }
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            responded: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+        }
     }
 
     fn since_origin(&self) -> u64 {
@@ -67,6 +78,12 @@ impl Activity {
     /// A request body frame passed.
     pub(super) fn touch(&self) {
         self.last.store(self.since_origin(), Ordering::Relaxed);
+        self.waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// The request body was polled and the client had sent nothing more.
+    pub(super) fn wait(&self) {
+        self.waiting.store(true, Ordering::Relaxed);
     }
 
     /// The request body ended.
@@ -178,7 +195,9 @@ impl IdleTimer {
 
 /// The request timeout around sending: the app has `limit` from the end of
 /// the request body (from the start, for a request without one) to answer
-/// with a response head. `Err(())` when it did not.
+/// with a response head, and while the body is still being sent, `limit`
+/// from the last byte of it that the app took, unless the body is waiting
+/// on the client. `Err(())` when it did not.
 /// `sent` is pinned where it was made: the exchange's future is large, and
 /// moving it in here cost a `memcpy` of 196 instructions a request
 /// (callgrind).
@@ -193,8 +212,14 @@ pub(super) async fn within<F: Future>(limit: Duration, activity: Option<&Activit
         }
         let deadline = match activity {
             None => return Err(()),
-            // Still arriving: the request body's own idle bound applies.
-            Some(a) => a.ended().map_or_else(|| Instant::now() + limit, |ended| ended + limit),
+            Some(a) => match a.ended() {
+                Some(ended) => ended + limit,
+                // The client is slow to send: its own idle bound applies.
+                None if a.waiting.load(Ordering::Relaxed) => Instant::now() + limit,
+                // The app stopped taking the body (back-pressure all the
+                // way to the client): counted from the last byte it took.
+                None => a.last() + limit,
+            },
         };
         if deadline <= sleep.deadline() {
             return Err(());
@@ -239,13 +264,28 @@ mod tests {
         let start = Instant::now();
         let never = std::pin::pin!(std::future::pending::<()>());
         let body = async {
-            // The body takes 25 s to arrive, longer than the 10 s limit.
+            // A slow client: the body waits on it for 25 s, longer than
+            // the 10 s limit.
+            activity.wait();
             tokio::time::sleep(Duration::from_secs(25)).await;
             activity.end();
         };
         let (timed_out, ()) = tokio::join!(within(Duration::from_secs(10), Some(&activity), never), body);
         assert_eq!(timed_out, Err(()));
         assert_eq!(start.elapsed(), Duration::from_secs(35), "10 s after the body ended");
+
+        // The app stops taking the body at 5 s (nothing waits on the
+        // client): 10 s after that.
+        let stalled = Activity::new();
+        let start = Instant::now();
+        let app_stops = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stalled.touch();
+        };
+        let never = std::pin::pin!(std::future::pending::<()>());
+        let (timed_out, ()) = tokio::join!(within(Duration::from_secs(10), Some(&stalled), never), app_stops);
+        assert_eq!(timed_out, Err(()));
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
 
         // Without a body, from the start.
         let start = Instant::now();

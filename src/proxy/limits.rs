@@ -165,9 +165,12 @@ where
                 return Poll::Ready(None);
             }
             Poll::Pending => {
-                if let (Some(idle), Some(activity)) = (&mut this.idle, &this.activity) {
-                    if !activity.responded() && idle.poll_expired(cx, None).is_ready() {
-                        return Poll::Ready(Some(Err(Box::new(RequestBodyIdle { timeout: idle.timeout() }))));
+                if let Some(activity) = &this.activity {
+                    activity.wait();
+                    if let Some(idle) = &mut this.idle {
+                        if !activity.responded() && idle.poll_expired(cx, None).is_ready() {
+                            return Poll::Ready(Some(Err(Box::new(RequestBodyIdle { timeout: idle.timeout() }))));
+                        }
                     }
                 }
                 return Poll::Pending;
