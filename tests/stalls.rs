@@ -25,6 +25,18 @@ fn frame_types(mut frames: &[u8]) -> Vec<u8> {
     types
 }
 
+/// Opens a connection, sends `bytes`, then nothing; returns what comes back
+/// until outrider closes it (a reset included), and how long after the last
+/// byte sent. Fails if it is still open after [`PATIENCE`].
+async fn stall_after(addr: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, Duration) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let quiet = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await.expect("the stalled connection was never closed").ok();
+    (out, quiet.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_http2_client_is_pinged_then_closed() {
     let app = App::start().await;
@@ -34,24 +46,9 @@ async fn a_silent_http2_client_is_pinged_then_closed() {
         .env("OUTRIDER_HEADER_READ_TIMEOUT", "1h")
         .start()
         .await;
-    let mut stream = tokio::net::TcpStream::connect(o.listen).await.expect("connect");
-    stream.write_all(H2_PREFACE).await.expect("preface");
-    let started = Instant::now();
     // Read what outrider sends (SETTINGS, its PING, then GOAWAY) and never
     // answer: the PING goes unacknowledged.
-    let mut seen = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the silent connection was still open after {PATIENCE:?}");
-    let took = started.elapsed();
+    let (seen, took) = stall_after(o.listen, H2_PREFACE).await;
     assert!(took >= Duration::from_secs(1), "closed before the keep-alive interval: {took:?}");
     assert!(took < Duration::from_secs(10), "closed {took:?} after going silent, with 1 s + 1 s configured");
     // A PING frame (type 6) went out before the close.
@@ -117,24 +114,14 @@ async fn an_idle_websocket_is_closed_at_the_tunnel_idle_timeout() {
     assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"tunnel_idle\"}", |n| n > 0.0).await, 1.0);
 }
 
-/// Sends `head` and the start of a body, then nothing; returns what comes
-/// back until the connection closes, and how long after the last byte.
-async fn stall_after(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, Duration) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(bytes).await.expect("send");
-    let quiet = Instant::now();
-    let mut out = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await.expect("the stalled exchange was never ended").ok();
-    (String::from_utf8_lossy(&out).into_owned(), quiet.elapsed())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_request_body_gets_408_and_the_app_sees_the_request_aborted() {
     use std::sync::atomic::Ordering::SeqCst;
     let app = App::start().await;
     let o = outrider(&app.url()).env("OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT", "1s").start().await;
     // 10 of the 100 bytes announced, then silence.
-    let (text, took) = stall_after(o.listen, b"POST /count HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\n0123456789").await;
+    let (out, took) = stall_after(o.listen, b"POST /count HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\n0123456789").await;
+    let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "answered {took:?} after the last byte, 1 s configured");
     wait_until("the app to see its request aborted", || app.aborted.load(SeqCst) == 1).await;
@@ -200,7 +187,8 @@ async fn stalling_app() -> std::net::SocketAddr {
 async fn a_stalled_response_body_is_cut_on_http1_and_reset_on_http2() {
     let app = stalling_app().await;
     let o = outrider(&format!("http://{app}")).env("OUTRIDER_RESPONSE_BODY_IDLE_TIMEOUT", "1s").start().await;
-    let (text, took) = stall_after(o.listen, b"GET /stall HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let (out, took) = stall_after(o.listen, b"GET /stall HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\n0123456789"), "the head and the first bytes pass: {text}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "cut {took:?} after the request, 1 s configured");
     let line = o.wait_log("the access log line", |l| l.contains("outrider::access") && l.contains("/stall")).await;
@@ -242,12 +230,7 @@ async fn an_http2_connection_without_streams_gets_a_goaway_at_the_idle_timeout()
     o.wait_metric("outrider_connections_active", |n| n == 0.0).await;
 
     // On the wire: a connection that opens no stream gets a GOAWAY (type 7).
-    let mut stream = tokio::net::TcpStream::connect(o.listen).await.expect("connect");
-    stream.write_all(H2_PREFACE).await.expect("preface");
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut seen)).await.expect("the idle connection stayed open").ok();
-    let took = started.elapsed();
+    let (seen, took) = stall_after(o.listen, H2_PREFACE).await;
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "closed {took:?} after the preface, 1 s configured");
     let types = frame_types(&seen);
     assert!(types.contains(&7), "no GOAWAY was sent: frame types {types:?}");
@@ -264,16 +247,11 @@ async fn an_http2_header_block_left_unfinished_is_closed_by_the_ping_bound() {
         .env("OUTRIDER_H2_IDLE_TIMEOUT", "1h")
         .start()
         .await;
-    let mut stream = tokio::net::TcpStream::connect(o.listen).await.expect("connect");
     // HEADERS on stream 1 (`:method GET`) without END_HEADERS: only
     // CONTINUATION may follow, and none does.
     let mut bytes = H2_PREFACE.to_vec();
     bytes.extend_from_slice(&[0, 0, 1, 0x1, 0x1, 0, 0, 0, 1, 0x82]);
-    stream.write_all(&bytes).await.expect("send");
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut seen)).await.expect("the unfinished header block held the connection").ok();
-    let took = started.elapsed();
+    let (_, took) = stall_after(o.listen, &bytes).await;
     assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "closed {took:?} after the stall, 1 s + 1 s configured");
     assert_eq!(app.count(), 0, "no request reached the app");
     assert_eq!(o.wait_metric("outrider_connection_timeouts_total{cause=\"h2_ping\"}", |n| n > 0.0).await, 1.0);
