@@ -123,7 +123,10 @@ pub(super) async fn forward(
     let result: Result<_, UpstreamFailure> = match inner.request_timeout {
         Some(limit) => match idle::within(limit, activity.as_deref(), sent).await {
             Ok(result) => result,
-            Err(()) => Err(UpstreamFailure(ProxyError::Timeout, format!("no response head within {limit:?} of the request's end"))),
+            Err(()) => Err(UpstreamFailure(
+                ProxyError::Timeout,
+                format!("no response head within {limit:?} of the request's end, or of the app's last read of its body"),
+            )),
         },
         None => sent.await,
     };
