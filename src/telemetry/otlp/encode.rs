@@ -1,188 +1,13 @@
-//! OTLP span export, over HTTP/protobuf or gRPC, encoding straight from
-//! the SDK's `SpanData` into protobuf bytes.
-//!
-//! Why not opentelemetry-otlp's exporter: it first converts every span
-//! into opentelemetry-proto's message structs (a `String` and a `Vec` for
-//! each attribute), then encodes those, then frees them all. With every
-//! request traced that was two thirds of tracing's CPU cost. Here a batch
-//! is written into one buffer in one pass.
+//! The protobuf encoding of an `ExportTraceServiceRequest`, straight from
+//! the SDK's `SpanData` into one buffer in one pass.
 
-use std::{
-    borrow::Cow,
-    fmt,
-    time::{Duration, SystemTime},
-};
+use std::{borrow::Cow, time::SystemTime};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header::CONTENT_TYPE};
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use opentelemetry::{
     Array, InstrumentationScope, KeyValue, Value,
     trace::{SpanKind, Status},
 };
-use opentelemetry_sdk::{
-    Resource,
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
-};
-
-use super::env::{OtelError, non_empty, traces_or_general};
-
-/// How spans travel to the collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    /// `http/protobuf`: `POST …/v1/traces`.
-    Http,
-    /// `grpc`: the `TraceService/Export` method, over HTTP/2 without TLS.
-    Grpc,
-}
-
-/// Sends batches of spans to one collector.
-pub struct OtlpExporter {
-    client: Client<HttpConnector, Full<Bytes>>,
-    uri: Uri,
-    wire: Wire,
-    headers: HeaderMap,
-    timeout: Duration,
-    /// The `resource` and `schema_url` fields of `ResourceSpans`, encoded
-    /// once.
-    resource: Vec<u8>,
-}
-
-impl fmt::Debug for OtlpExporter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OtlpExporter").field("uri", &self.uri).field("wire", &self.wire).finish_non_exhaustive()
-    }
-}
-
-impl OtlpExporter {
-    /// Builds the exporter from the `OTEL_EXPORTER_OTLP_*` variables.
-    /// `endpoint` comes from `var`: the traces-only variable's URL is used
-    /// as given, the general one's gets `/v1/traces` added for HTTP.
-    pub fn from_env(var: &'static str, endpoint: &str, wire: Wire) -> Result<Self, OtelError> {
-        let signal_specific = var == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-        let invalid = |reason| OtelError::Invalid { var, value: endpoint.to_owned(), reason };
-        let base: Uri = endpoint.parse().map_err(|_| invalid("not a URL"))?;
-        match base.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(invalid("https is not supported for export; use an http:// collector or a local agent")),
-            _ => return Err(invalid("expected an http:// URL")),
-        }
-        let Some(authority) = base.authority().cloned() else { return Err(invalid("no host in the URL")) };
-        let path = match wire {
-            Wire::Grpc => "/opentelemetry.proto.collector.trace.v1.TraceService/Export".to_owned(),
-            Wire::Http if signal_specific => base.path().to_owned(),
-            Wire::Http => format!("{}/v1/traces", base.path().trim_end_matches('/')),
-        };
-        let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build().map_err(|_| invalid("not a URL"))?;
-
-        // Every request's headers, built once: the configured ones, then
-        // the protocol's own, which win over a configured one.
-        let mut headers = HeaderMap::new();
-        for var in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
-            if let Some(list) = non_empty(var) {
-                parse_headers(var, &list, &mut headers)?;
-            }
-        }
-        // The OTLP specification asks exporters to name themselves.
-        if !headers.contains_key(http::header::USER_AGENT) {
-            headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("outrider/", env!("CARGO_PKG_VERSION"))));
-        }
-        match wire {
-            Wire::Http => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
-            }
-            Wire::Grpc => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-            }
-        }
-        let timeout = match traces_or_general("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
-            None => Duration::from_secs(10),
-            Some((var, v)) => match v.parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => return Err(OtelError::Invalid { var, value: v, reason: "expected milliseconds, a positive integer" }),
-            },
-        };
-        let client = Client::builder(TokioExecutor::new()).http2_only(wire == Wire::Grpc).build(HttpConnector::new());
-        Ok(Self { client, uri, wire, headers, timeout, resource: encode_resource(&Resource::builder_empty().build()) })
-    }
-
-    async fn send(&self, body: Vec<u8>) -> Result<(), String> {
-        let mut request = Request::builder().method(Method::POST).uri(self.uri.clone());
-        if let Some(headers) = request.headers_mut() {
-            headers.clone_from(&self.headers);
-        }
-        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-        let response = self.client.request(request).await.map_err(|e| format!("{e:?}"))?;
-        let (parts, body) = response.into_parts();
-        // Read to the end: the connection is reused, and gRPC's verdict is
-        // in the trailers.
-        let body = body.collect().await.map_err(|e| format!("reading the response: {e}"))?;
-        match self.wire {
-            Wire::Http if parts.status.is_success() => Ok(()),
-            Wire::Http => Err(format!("collector answered {}", parts.status)),
-            Wire::Grpc if parts.status != StatusCode::OK => Err(format!("collector answered HTTP {}", parts.status)),
-            Wire::Grpc => {
-                let trailers = body.trailers();
-                let field =
-                    |name: &str| parts.headers.get(name).or_else(|| trailers.and_then(|t| t.get(name))).and_then(|v| v.to_str().ok());
-                match field("grpc-status") {
-                    Some("0") => Ok(()),
-                    Some(code) => Err(format!("collector answered gRPC status {code}: {}", field("grpc-message").unwrap_or(""))),
-                    None => Err("collector answered without a gRPC status".to_owned()),
-                }
-            }
-        }
-    }
-}
-
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = encode_request(&self.resource, &batch, self.wire == Wire::Grpc);
-        match tokio::time::timeout(self.timeout, self.send(body)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(OTelSdkError::InternalFailure(e)),
-            Err(_) => Err(OTelSdkError::Timeout(self.timeout)),
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = encode_resource(resource);
-    }
-}
-
-/// `key=value,key2=value2`, values percent-encoded (the OTLP exporter
-/// specification's format).
-fn parse_headers(var: &'static str, list: &str, headers: &mut HeaderMap) -> Result<(), OtelError> {
-    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let invalid = |reason| OtelError::Invalid { var, value: list.to_owned(), reason };
-        let (name, value) = pair.split_once('=').ok_or_else(|| invalid("expected key=value pairs"))?;
-        let name = HeaderName::try_from(name.trim()).map_err(|_| invalid("not a valid header name"))?;
-        let value = percent_decode(value.trim()).ok_or_else(|| invalid("bad percent-encoding"))?;
-        let value = HeaderValue::try_from(value).map_err(|_| invalid("not a valid header value"))?;
-        headers.append(name, value);
-    }
-    Ok(())
-}
-
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    Some(out)
-}
+use opentelemetry_sdk::{Resource, trace::SpanData};
 
 // === protobuf encoding ===
 //
@@ -513,6 +338,8 @@ pub fn encode_request(resource: &[u8], batch: &[SpanData], grpc: bool) -> Vec<u8
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// Every field this encoder writes, decoded by the protobuf types
@@ -618,15 +445,5 @@ mod tests {
             varint(&mut buf, v);
             assert_eq!(buf.len(), varint_len(v), "{v}");
         }
-    }
-
-    #[test]
-    fn headers_are_parsed_and_percent_decoded() {
-        let mut headers = HeaderMap::new();
-        parse_headers("V", "api-key=a%20b%3Dc, x-team = core ,", &mut headers).unwrap();
-        assert_eq!(headers["api-key"], "a b=c");
-        assert_eq!(headers["x-team"], "core");
-        assert!(parse_headers("V", "novalue", &mut headers).is_err());
-        assert!(parse_headers("V", "k=%zz", &mut headers).is_err());
     }
 }
