@@ -122,6 +122,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     )
     .map_err(|e| StartError::Config(e.to_string()))?;
     let traces_to = tracing.destination.clone();
+    let propagators = tracing.propagators.names();
     let observer = Observer::new(
         metrics,
         tracing,
@@ -289,6 +290,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         version = env!("CARGO_PKG_VERSION"),
         commit = env!("BUILD_GIT_COMMIT"),
         traces = %traces_to,
+        propagators = %propagators,
         "outrider started"
     );
     let mut code = shutdown.run(app).await;

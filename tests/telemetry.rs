@@ -370,3 +370,95 @@ async fn a_client_that_leaves_before_the_response_is_recorded_as_499() {
     assert_eq!(sample(&scrape(&proxy).await, "http_server_active_requests", ""), 0.0);
     proxy.wait_log("the access line", |l| l.contains("\"status\":499") && l.contains("client_closed")).await;
 }
+
+/// A Zipkin-instrumented caller (B3, single header or multi) continues its
+/// trace through outrider: the exported span is its child, and the app gets
+/// outrider's span in both B3 formats.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_b3_callers_trace_continues_through_outrider_to_the_app() {
+    let receiver = Receiver::grpc().await;
+    let app = App::start().await;
+    let proxy = traced(&app, &format!("http://{}", receiver.addr), "grpc").env("OTEL_PROPAGATORS", "b3,b3multi").start().await;
+    assert!(proxy.logs().iter().any(|l| l.contains("outrider started") && l.contains("b3,b3multi")));
+
+    // Single header, 128-bit trace id; then the X-B3-* headers with a
+    // 64-bit one, as older Zipkin tracers send.
+    let single = "80f198ee56343ba864fe8b2a57d3eff7";
+    let req = Request::get(proxy.url("/b3")).header("b3", format!("{single}-e457b5a2e4d86bd1-1")).body(full("")).unwrap();
+    assert_eq!(send(&client(), req).await.unwrap().0, 200);
+    let span = receiver.wait_for("the span of the b3 caller", |s| s.trace_id() == single).await;
+    assert_eq!(span.parent_id(), "e457b5a2e4d86bd1");
+    let seen = app.last();
+    assert_eq!(seen.headers["b3"], format!("{single}-{}-1", span.span_id()).as_str());
+    assert_eq!(seen.headers["x-b3-traceid"], single);
+    assert_eq!(seen.headers["x-b3-spanid"], span.span_id().as_str());
+    assert_eq!(seen.headers["x-b3-sampled"], "1");
+    assert!(!seen.headers.contains_key("traceparent"), "tracecontext is not configured, so not written");
+
+    let req = Request::get(proxy.url("/b3multi"))
+        .header("x-b3-traceid", "463ac35c9f6413ad")
+        .header("x-b3-spanid", "a2fb4a1d1a96d312")
+        .header("x-b3-parentspanid", "0020000000000001")
+        .header("x-b3-sampled", "1")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.unwrap().0, 200);
+    let multi = "0000000000000000463ac35c9f6413ad";
+    let span = receiver.wait_for("the span of the b3multi caller", |s| s.trace_id() == multi).await;
+    assert_eq!(span.parent_id(), "a2fb4a1d1a96d312");
+    let seen = app.last();
+    assert_eq!(seen.headers["x-b3-traceid"], multi);
+    assert_eq!(seen.headers["x-b3-spanid"], span.span_id().as_str());
+    assert!(!seen.headers.contains_key("x-b3-parentspanid"), "the caller's parent is not outrider's span's parent");
+
+    // A B3 caller that said "not sampled" is respected.
+    let req = Request::get(proxy.url("/b3-unsampled"))
+        .header("b3", "11111111111111111111111111111111-e457b5a2e4d86bd1-0")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.unwrap().0, 200);
+    assert!(app.last().headers["b3"].to_str().unwrap().ends_with("-0"));
+    assert_eq!(get(&proxy.url("/after")).await.unwrap().0, 200);
+    receiver.wait_for("the span after", |s| s.attr("url.path").as_deref() == Some("/after")).await;
+    export_settled(&proxy, &receiver).await;
+    assert!(receiver.spans().iter().all(|s| s.attr("url.path").as_deref() != Some("/b3-unsampled")));
+}
+
+/// `OTEL_PROPAGATORS=none`: a caller's context is ignored (every span a new
+/// root) and outrider writes no trace header; the caller's reach the app as
+/// sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_propagators_every_request_starts_a_fresh_trace() {
+    let receiver = Receiver::grpc().await;
+    let app = App::start().await;
+    let proxy = traced(&app, &format!("http://{}", receiver.addr), "grpc").env("OTEL_PROPAGATORS", "none").start().await;
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let req = Request::get(proxy.url("/fresh")).header("traceparent", &caller).header("b3", format!("{CALLER_TRACE}-{CALLER_SPAN}-1"));
+    assert_eq!(send(&client(), req.body(full("")).unwrap()).await.unwrap().0, 200);
+    let span = receiver.wait_for("the span", |s| s.attr("url.path").as_deref() == Some("/fresh")).await;
+    assert_ne!(span.trace_id(), CALLER_TRACE);
+    assert!(span.span.parent_span_id.is_empty(), "a root span");
+    let seen = app.last();
+    assert_eq!(seen.headers["traceparent"], caller.as_str(), "passed through untouched");
+    assert_eq!(seen.headers["b3"], format!("{CALLER_TRACE}-{CALLER_SPAN}-1").as_str());
+}
+
+/// `OTEL_TRACES_EXPORTER=none` turns export off even with an endpoint set;
+/// traces still reach the app and the logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_none_exporter_exports_nothing_but_still_propagates() {
+    let receiver = Receiver::grpc().await;
+    let app = App::start().await;
+    let proxy = traced(&app, &format!("http://{}", receiver.addr), "grpc").env("OTEL_TRACES_EXPORTER", "none").start().await;
+    assert!(proxy.logs().iter().any(|l| l.contains("outrider started") && l.contains("OTEL_TRACES_EXPORTER=none")));
+    let req = Request::get(proxy.url("/quiet")).header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"));
+    assert_eq!(send(&client(), req.body(full("")).unwrap()).await.unwrap().0, 200);
+    assert!(app.last().headers["traceparent"].to_str().unwrap().starts_with(&format!("00-{CALLER_TRACE}-")));
+    let access = proxy.wait_log("the access line", |l| l.contains("\"outrider::access\"") && l.contains("/quiet")).await;
+    assert!(access.contains(CALLER_TRACE), "{access}");
+    // Spans still end (and are sampled); with no exporter there is no
+    // processor to hand them to.
+    proxy.wait_metric("outrider_spans_ended_total", |n| n >= 1.0).await;
+    assert_eq!(proxy.metric("outrider_spans_exported_total").await, Some(0.0));
+    assert!(receiver.spans().is_empty());
+}

@@ -59,4 +59,5 @@ pub mod otel;
 // which checks the encoder against opentelemetry-proto.
 #[doc(hidden)]
 pub mod otlp;
+pub mod propagation;
 pub mod routes;

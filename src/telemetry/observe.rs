@@ -1,11 +1,11 @@
 //! The tower layer that observes every proxied request: one OpenTelemetry
 //! SERVER span, the request metrics, and the access log line.
 //!
-//! At the request: extract the caller's W3C trace context (`traceparent`,
-//! `tracestate`; `baggage` is forwarded to the app untouched, and outrider
-//! itself has no use for it), start the span as its child (or a new root),
-//! and replace `traceparent`/`tracestate` on the request so the app
-//! continues the trace from outrider's span. At the response: note the
+//! At the request: extract the caller's trace context in the formats of
+//! `OTEL_PROPAGATORS` (W3C by default; `baggage` is forwarded to the app
+//! untouched, and outrider itself has no use for it), start the span as its
+//! child (or a new root), and rewrite those headers on the request so the
+//! app continues the trace from outrider's span. At the response: note the
 //! status. When the response body ends (or the client goes away), end the
 //! span, record the histogram and write the access log: the duration covers
 //! the whole exchange, not just the response head.
@@ -25,8 +25,8 @@ use http::{HeaderName, HeaderValue, Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::{
-    KeyValue, StringValue,
-    trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _},
+    Context, KeyValue, StringValue,
+    trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
@@ -35,6 +35,7 @@ use tracing::{info, warn};
 use super::{
     metrics::{METHODS, Metrics, method_index, version_label},
     otel::Tracing,
+    propagation::{self, Format, Propagators, hex_into},
     routes::Routes,
 };
 use crate::{
@@ -79,6 +80,8 @@ pub struct Observer {
     span_names: Vec<[Cow<'static, str>; METHODS.len()]>,
     /// `http.route` values, one per template, built once.
     route_values: Vec<StringValue>,
+    /// `OTEL_PROPAGATORS`.
+    propagators: Propagators,
 }
 
 impl Observer {
@@ -96,7 +99,8 @@ impl Observer {
         span_names.push(METHODS.map(|m| Cow::Borrowed(if m == "_OTHER" { "HTTP" } else { m })));
         let route_values = (0..options.routes.len()).map(|r| StringValue::from(Arc::<str>::from(options.routes.template(r)))).collect();
         let tracer = tracing.tracer.clone();
-        Box::leak(Box::new(Self { metrics, tracer, tracing, options, span_names, route_values }))
+        let propagators = tracing.propagators;
+        Box::leak(Box::new(Self { metrics, tracer, tracing, options, span_names, route_values, propagators }))
     }
 
     /// Flushes pending spans (bounded by `timeout`); blocking.
@@ -129,7 +133,7 @@ impl Observer {
         let method = method_index(req.method());
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
         let span = self.tracer.as_ref().map(|tracer| {
-            let parent = TraceContextPropagator::new().extract(&TraceHeaders(req.headers()));
+            let parent = self.parent(req.headers());
             let name = self.span_names[route.unwrap_or(self.span_names.len() - 1)][method].clone();
             let mut attributes = Vec::with_capacity(12);
             attributes.push(KeyValue::new("http.request.method", METHODS[method]));
@@ -179,24 +183,7 @@ impl Observer {
             }
             let builder = tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
             let span = tracer.build_with_context(builder, &parent);
-            // The app continues the trace from our span; the caller's
-            // `tracestate` rides along in the span context, and `baggage`
-            // is forwarded untouched like any other header. Written here
-            // rather than by the propagator, which formats through
-            // `format!` and writes an empty `tracestate` only to have it
-            // removed again.
-            let sc = span.span_context();
-            if let Some(value) = traceparent(sc) {
-                req.headers_mut().insert(TRACEPARENT.clone(), value);
-            }
-            match HeaderValue::try_from(sc.trace_state().header()) {
-                Ok(state) if !state.is_empty() => {
-                    req.headers_mut().insert(TRACESTATE.clone(), state);
-                }
-                _ => {
-                    req.headers_mut().remove(&TRACESTATE);
-                }
-            }
+            self.inject(span.span_context(), req.headers_mut());
             span
         });
         self.metrics.active_requests.inc();
@@ -218,6 +205,64 @@ impl Observer {
             error_kind: None,
             done: false,
         })
+    }
+}
+
+impl Observer {
+    /// The caller's span, from the configured formats in order (a later
+    /// format's context replaces an earlier one's, as the specification's
+    /// composite propagator has it); an empty context starts a new trace.
+    fn parent(&self, headers: &http::HeaderMap) -> Context {
+        let mut parent = Context::new();
+        for format in self.propagators.iter() {
+            let found = match format {
+                Format::TraceContext => {
+                    let context = TraceContextPropagator::new().extract(&TraceHeaders(headers));
+                    if context.span().span_context().is_valid() {
+                        parent = context;
+                    }
+                    continue;
+                }
+                Format::Baggage => continue,
+                Format::B3 => propagation::extract_b3(headers),
+                Format::B3Multi => propagation::extract_b3_multi(headers),
+            };
+            if let Some(sc) = found {
+                parent = Context::new().with_remote_span_context(sc);
+            }
+        }
+        parent
+    }
+
+    /// Writes outrider's span into the request for the app, in every
+    /// configured format, so that the app continues the trace from it.
+    /// The caller's `tracestate` rides along in the span context; `baggage`
+    /// is forwarded untouched like any other header, as are the headers of
+    /// formats not configured.
+    fn inject(&self, sc: &SpanContext, headers: &mut http::HeaderMap) {
+        for format in self.propagators.iter() {
+            match format {
+                // Written here rather than by the propagator, which formats
+                // through `format!` and writes an empty `tracestate` only to
+                // have it removed again.
+                Format::TraceContext => {
+                    if let Some(value) = traceparent(sc) {
+                        headers.insert(TRACEPARENT.clone(), value);
+                    }
+                    match HeaderValue::try_from(sc.trace_state().header()) {
+                        Ok(state) if !state.is_empty() => {
+                            headers.insert(TRACESTATE.clone(), state);
+                        }
+                        _ => {
+                            headers.remove(&TRACESTATE);
+                        }
+                    }
+                }
+                Format::Baggage => {}
+                Format::B3 => propagation::inject_b3(sc, headers),
+                Format::B3Multi => propagation::inject_b3_multi(sc, headers),
+            }
+        }
     }
 }
 
@@ -591,14 +636,6 @@ fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
     v[52] = b'-';
     hex_into(&[sc.trace_flags().to_u8()], &mut v[53..55]);
     HeaderValue::from_bytes(&v).ok()
-}
-
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
-    }
 }
 
 #[cfg(test)]

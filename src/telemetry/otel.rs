@@ -23,6 +23,7 @@ pub use super::env::OtelError;
 use super::{
     env::{non_empty, traces_or_general},
     otlp::{OtlpExporter, Wire},
+    propagation::Propagators,
 };
 
 /// The standard variables honoured here, for the configuration reference.
@@ -44,6 +45,12 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "", "Traces-only headers, added to the ones above."),
     ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000", "Export timeout in milliseconds."),
     ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "", "Traces-only timeout; overrides the one above."),
+    ("OTEL_TRACES_EXPORTER", "otlp", "`otlp`, or `none`: spans are not exported (trace ids still reach the logs and the app)."),
+    (
+        "OTEL_PROPAGATORS",
+        "tracecontext,baggage",
+        "Trace header formats read from callers and written to the app, in order: `tracecontext`, `baggage`, `b3` (single header), `b3multi` (`X-B3-*`), or `none`.",
+    ),
     ("OTEL_SERVICE_NAME", "", "`service.name`; default: the wrapped command's name, else `outrider`."),
     ("OTEL_RESOURCE_ATTRIBUTES", "", "Extra resource attributes, `key=value,...`."),
     (
@@ -75,11 +82,17 @@ pub struct Tracing {
     pub destination: String,
     /// An exporter is configured.
     exporting: bool,
+    /// `OTEL_PROPAGATORS`: the trace header formats read and written.
+    pub propagators: Propagators,
 }
 
 impl fmt::Debug for Tracing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tracing").field("enabled", &self.tracer.is_some()).field("destination", &self.destination).finish()
+        f.debug_struct("Tracing")
+            .field("enabled", &self.tracer.is_some())
+            .field("destination", &self.destination)
+            .field("propagators", &self.propagators)
+            .finish()
     }
 }
 
@@ -91,8 +104,10 @@ impl Tracing {
     /// An invalid `OTEL_*` value, or an exporter that cannot be built.
     pub fn from_env(default_service_name: &str, counters: ExportCounters) -> Result<Self, OtelError> {
         check_sdk_variables()?;
+        let propagators = Propagators::from_env()?;
+        let exporter = traces_exporter()?;
         if env_flag("OTEL_SDK_DISABLED")? {
-            return Ok(Self { tracer: None, provider: None, destination: "disabled".into(), exporting: false });
+            return Ok(Self { tracer: None, provider: None, destination: "disabled".into(), exporting: false, propagators });
         }
         let mut resource = Resource::builder();
         let service_name_set = non_empty("OTEL_SERVICE_NAME").is_some()
@@ -110,9 +125,10 @@ impl Tracing {
         let resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
 
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
-        let endpoint = traces_or_general("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT");
+        let endpoint = traces_or_general("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT").filter(|_| exporter);
         let exporting = endpoint.is_some();
         let destination = match endpoint {
+            None if !exporter => "none (OTEL_TRACES_EXPORTER=none): trace ids only".to_owned(),
             None => "none (OTEL_EXPORTER_OTLP_ENDPOINT unset): trace ids only".to_owned(),
             Some((endpoint_var, endpoint)) => {
                 let (var, protocol) = traces_or_general("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -133,7 +149,7 @@ impl Tracing {
         let provider = builder.build();
         use opentelemetry::trace::TracerProvider as _;
         let tracer = provider.tracer("outrider");
-        Ok(Self { tracer: Some(tracer), provider: Some(provider), destination, exporting })
+        Ok(Self { tracer: Some(tracer), provider: Some(provider), destination, exporting, propagators })
     }
 
     /// Exports what is queued, waiting at most `timeout`. Blocking: call
@@ -206,6 +222,18 @@ fn check_sdk_variables() -> Result<(), OtelError> {
         }
     }
     Ok(())
+}
+
+/// `OTEL_TRACES_EXPORTER`: whether spans are exported (`otlp`, the
+/// default) or not (`none`). The specification's other values name
+/// exporters outrider does not have, and are refused rather than ignored.
+fn traces_exporter() -> Result<bool, OtelError> {
+    match non_empty("OTEL_TRACES_EXPORTER").map(|v| v.to_ascii_lowercase()) {
+        None => Ok(true),
+        Some(v) if v == "otlp" => Ok(true),
+        Some(v) if v == "none" => Ok(false),
+        Some(v) => Err(OtelError::Invalid { var: "OTEL_TRACES_EXPORTER", value: v, reason: "expected otlp or none" }),
+    }
 }
 
 fn env_flag(var: &'static str) -> Result<bool, OtelError> {
