@@ -239,19 +239,25 @@ impl Worker {
     async fn run(mut self) {
         let mut next = Instant::now() + self.config.schedule_delay;
         loop {
+            if self.exit.is_some() {
+                self.finish().await;
+                return;
+            }
             tokio::select! {
                 biased;
                 message = self.control.recv() => match message {
+                    // The resource only changes what is sent; nothing to
+                    // export for it (a round now would split a batch).
+                    Some(Control::Resource(resource)) => {
+                        self.exporter.set_resource(&resource);
+                        continue;
+                    }
                     Some(message) => self.take(message),
                     // The processor is gone without a shutdown.
                     None => return,
                 },
                 () = self.shared.notify.notified() => {}
                 () = tokio::time::sleep_until(next) => {}
-            }
-            if self.exit.is_some() {
-                self.finish().await;
-                return;
             }
             self.export_queued().await;
             for flushed in self.flushes.drain(..) {
@@ -261,8 +267,10 @@ impl Worker {
         }
     }
 
+    /// A flush or shutdown request, while exporting or not.
     fn take(&mut self, message: Control) {
         match message {
+            // Only sent before the first span.
             Control::Resource(resource) => self.exporter.set_resource(&resource),
             Control::Flush(reply) => self.flushes.push(reply),
             Control::Shutdown { cutoff, reply } => self.exit = Some((Instant::from_std(cutoff), reply)),

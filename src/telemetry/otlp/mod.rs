@@ -158,7 +158,8 @@ where
                 let asked = after.is_some();
                 let wait = after.unwrap_or_else(|| backoff(attempts - 1, jitter.unit()));
                 let wait = wait.min(deadline.saturating_duration_since(Instant::now()));
-                debug!(attempt = attempts, status, message, wait_ms = wait.as_millis(), asked, "span export attempt failed; retrying");
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                debug!(attempt = attempts, status, message, wait_ms, asked, "span export attempt failed; retrying");
                 tokio::time::sleep(wait).await;
                 if Instant::now() >= deadline {
                     return Delivery::Failed { status, message, attempts };

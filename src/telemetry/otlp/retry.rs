@@ -80,7 +80,7 @@ pub fn judge(outcome: &Result<Reply, TransportError>, now: SystemTime) -> Verdic
         Ok(Reply::Grpc { code, message, details, .. }) => {
             let status = grpc_status_text(*code);
             let retry_info = details.as_deref().and_then(decode_details_retry_delay);
-            let message = clip(message);
+            let message = clip(&percent_decode_lossy(message));
             if GRPC_RETRYABLE.contains(code) || (*code == RESOURCE_EXHAUSTED && retry_info.is_some()) {
                 Verdict::Retry { after: retry_info, status, message }
             } else {
@@ -289,6 +289,28 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
+/// `grpc-message` is percent-encoded (the gRPC HTTP/2 protocol); a bad
+/// escape is kept as it is.
+fn percent_decode_lossy(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_MESSAGE) {
         Some((end, _)) => format!("{}…", &text[..end]),
@@ -450,6 +472,9 @@ mod tests {
         let mut plain = Vec::new();
         put_bytes(&mut plain, 2, b"no retry info");
         assert_eq!(kind(&judge(&grpc(8, Some(&base64(&plain, true))), now)), "fail");
+        // grpc-message is percent-decoded.
+        let reply = Ok(Reply::Grpc { code: 3, message: "bad%20span%3A 100%".into(), details: None, body: Bytes::new() });
+        assert_eq!(judge(&reply, now), Verdict::Fail { status: "gRPC INVALID_ARGUMENT (3)".into(), message: "bad span: 100%".into() });
         // Undecodable details neither.
         assert_eq!(kind(&judge(&grpc(8, Some(b"!!not base64")), now)), "fail");
         // A retryable code's RetryInfo is honoured too.
