@@ -1,6 +1,6 @@
-//! OpenTelemetry tracing: the SDK tracer provider and its batch processor
-//! feeding the OTLP exporter (`otlp`), configured by the standard `OTEL_*`
-//! variables.
+//! OpenTelemetry tracing: the SDK tracer provider and outrider's batch
+//! processor (`batch`) feeding the OTLP exporter (`otlp`), configured by the
+//! standard `OTEL_*` variables.
 //!
 //! Spans are created with the SDK directly, not through the
 //! `tracing-opentelemetry` bridge: the bridge attaches and detaches an OTel
@@ -41,7 +41,11 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "", "Traces-only protocol; overrides the one above."),
     ("OTEL_EXPORTER_OTLP_HEADERS", "", "Extra export headers, `key=value,key2=value2`, values percent-encoded (e.g. an API key)."),
     ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "", "Traces-only headers, added to the ones above."),
-    ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000", "Export timeout in milliseconds."),
+    (
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "10000",
+        "Export timeout in milliseconds: bounds each batch, retries and their waits included; a batch still unsent then is dropped.",
+    ),
     ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "", "Traces-only timeout; overrides the one above."),
     ("OTEL_SERVICE_NAME", "", "`service.name`; default: the wrapped command's name, else `outrider`."),
     ("OTEL_RESOURCE_ATTRIBUTES", "", "Extra resource attributes, `key=value,...`."),
