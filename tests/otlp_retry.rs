@@ -303,9 +303,10 @@ async fn a_collector_down_for_ten_seconds_under_load() {
         async move {
             while Instant::now() < until {
                 let now = rss().await;
-                let mut peak = peak.lock().unwrap();
-                *peak = peak.max(now);
-                drop(peak);
+                {
+                    let mut peak = peak.lock().unwrap();
+                    *peak = peak.max(now);
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
