@@ -160,6 +160,8 @@ fn bad_export_settings_exit_2_naming_the_variable() {
         ("OTEL_TRACES_SAMPLER_ARG", "2"),
         ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "lots"),
     ] {
         let mut spawn = outrider("http://127.0.0.1:1").env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
         spawn = spawn.env(var, value).env("OUTRIDER_LISTEN", "127.0.0.1:0").env("OUTRIDER_ADMIN_LISTEN", "127.0.0.1:0");
