@@ -9,9 +9,11 @@
 //! outrider already has an export thread with a runtime (the HTTP client
 //! needs one); and at shutdown whatever it could not send is not counted.
 //!
-//! The request path (`on_end`) does two atomic adds and a non-blocking
-//! send into a channel preallocated to `OTEL_BSP_MAX_QUEUE_SIZE` slots
-//! (std's bounded channel is an array of slots): no lock, no allocation.
+//! The request path (`on_end`) does two atomic adds (the `ended` counter,
+//! the queue's length) and a non-blocking send into a channel preallocated
+//! to `OTEL_BSP_MAX_QUEUE_SIZE` slots (std's bounded channel is an array of
+//! slots, 360 bytes each for a `SpanData`, as in the SDK's processor): no
+//! lock, no allocation.
 //! Only when the queue reaches a full batch does it wake the exporter, once
 //! per batch.
 
