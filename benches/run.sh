@@ -391,13 +391,16 @@ scrape() { curl -sS --max-time 5 "http://127.0.0.1:$A_FULL/metrics" | awk -v m="
 sleep 1.5 # one export interval (OTEL_BSP_SCHEDULE_DELAY, 1 s) for the last batch
 ended="$(scrape outrider_spans_ended_total)"
 exported="$(scrape outrider_spans_exported_total)"
-failed="$(scrape outrider_spans_export_failed_total)"
+failed="$(scrape 'outrider_spans_dropped_total{reason="export_failed"}')"
+queue_full="$(scrape 'outrider_spans_dropped_total{reason="queue_full"}')"
+rejected="$(scrape 'outrider_spans_dropped_total{reason="rejected"}')"
 sink="$(curl -sS --max-time 5 "http://127.0.0.1:$P_SINK/stats")"
 cat >"$EXTRAS/spans.json" <<EOF
 {"outrider_spans_ended_total": ${ended:-null}, "outrider_spans_exported_total": ${exported:-null},
- "outrider_spans_export_failed_total": ${failed:-null}, "sink": $sink}
+ "outrider_spans_dropped_total": {"export_failed": ${failed:-null}, "queue_full": ${queue_full:-null}, "rejected": ${rejected:-null}},
+ "sink": $sink}
 EOF
-echo "spans: ended ${ended:-?}, exported ${exported:-?}, failed ${failed:-?}; sink $sink" >&2
+echo "spans: ended ${ended:-?}, exported ${exported:-?}, dropped: export_failed ${failed:-?}, queue_full ${queue_full:-?}, rejected ${rejected:-?}; sink $sink" >&2
 
 # After the connections close, how much memory goes back to the OS (and
 # when): a sidecar that keeps the memory of its busiest minute is charged

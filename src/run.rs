@@ -116,10 +116,16 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         .first()
         .and_then(|c| std::path::Path::new(c).file_name())
         .map_or_else(|| "outrider".to_owned(), |n| n.to_string_lossy().into_owned());
-    let tracing = otel::Tracing::from_env(
-        &service_name,
-        otel::ExportCounters { exported: metrics.spans_exported.clone(), failed: metrics.spans_export_failed.clone() },
-    )
+    let tracing = otel::Tracing::from_env(&service_name, {
+        let [queue_full, rejected, export_failed] = metrics.spans_dropped.clone();
+        otel::ExportCounters {
+            ended: metrics.spans_ended.clone(),
+            exported: metrics.spans_exported.clone(),
+            queue_full,
+            rejected,
+            export_failed,
+        }
+    })
     .map_err(|e| StartError::Config(e.to_string()))?;
     let traces_to = tracing.destination.clone();
     let propagators = tracing.propagators.names();

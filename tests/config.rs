@@ -164,6 +164,8 @@ fn bad_export_settings_exit_2_naming_the_variable() {
         ("OTEL_PROPAGATORS", "none,b3"),
         ("OTEL_PROPAGATORS", "jaeger"),
         ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "lots"),
     ] {
         let mut spawn = outrider("http://127.0.0.1:1").env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
         spawn = spawn.env(var, value).env("OUTRIDER_LISTEN", "127.0.0.1:0").env("OUTRIDER_ADMIN_LISTEN", "127.0.0.1:0");

@@ -36,6 +36,12 @@ pub const BODY_TIMEOUT_DIRECTIONS: [&str; 2] = ["request", "response"];
 /// `outrider_connection_timeouts_total{cause}`.
 pub const CONNECTION_TIMEOUT_CAUSES: [&str; 5] = ["request_head", "h2_ping", "h2_idle", "tunnel_idle", "send"];
 
+/// Why a span was not exported, in `outrider_spans_dropped_total{reason}`:
+/// the export queue was full, the collector refused it in an otherwise
+/// accepted batch (`partial_success`), or its batch failed (refused for
+/// good, retries out of time, or still unsent at exit).
+pub const SPAN_DROP_REASONS: [&str; 3] = ["queue_full", "rejected", "export_failed"];
+
 /// Latency buckets from 0.5 ms to 30 s: a sidecar adds well under a
 /// millisecond, legacy apps take seconds; both ends need resolution.
 const LATENCY_BUCKETS: [f64; 16] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -60,7 +66,8 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     pub spans_ended: IntCounter,
     pub spans_exported: IntCounter,
-    pub spans_export_failed: IntCounter,
+    /// In the order of [`SPAN_DROP_REASONS`].
+    pub spans_dropped: [IntCounter; SPAN_DROP_REASONS.len()],
     pub load_shed: IntCounter,
     pub refused: [IntCounter; REFUSED_REASONS.len()],
     /// `[request, response]`: bodies cut by their idle bound.
@@ -164,6 +171,14 @@ impl Metrics {
             CONNECTION_TIMEOUT_CAUSES,
         )?;
 
+        let spans_dropped = labelled(
+            &registry,
+            "outrider_spans_dropped_total",
+            "Spans not exported, by reason; requests are unaffected.",
+            "reason",
+            SPAN_DROP_REASONS,
+        )?;
+
         let build_info =
             IntGaugeVec::new(Opts::new("outrider_build_info", "Build information; the value is always 1."), &["version", "commit"])?;
         registry.register(Box::new(build_info.clone()))?;
@@ -188,12 +203,9 @@ impl Metrics {
             upstream_duration,
             connections_active: gauge("outrider_connections_active", "Client connections open right now.")?,
             connections_total: counter("outrider_connections_total", "Client connections accepted.")?,
-            spans_ended: counter("outrider_spans_ended_total", "Sampled server spans handed to the exporter queue.")?,
+            spans_ended: counter("outrider_spans_ended_total", "Sampled server spans handed to the export queue.")?,
             spans_exported: counter("outrider_spans_exported_total", "Spans the OTLP collector accepted.")?,
-            spans_export_failed: counter(
-                "outrider_spans_export_failed_total",
-                "Spans in batches the collector refused or did not answer for; they are dropped, requests are unaffected.",
-            )?,
+            spans_dropped,
             load_shed: counter("outrider_load_shed_total", "Requests refused with 503 because OUTRIDER_MAX_INFLIGHT were in flight.")?,
             refused,
             body_timeouts,

@@ -51,6 +51,7 @@ pub fn init_logging(filter: &str, format: Format) -> anyhow::Result<tracing_appe
     Ok(guard)
 }
 
+mod batch;
 mod env;
 pub mod metrics;
 pub mod observe;

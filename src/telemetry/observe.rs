@@ -318,9 +318,7 @@ impl RequestState {
             if let Some(ms) = self.upstream_ms {
                 span.set_attribute(KeyValue::new("outrider.upstream.duration_ms", ms));
             }
-            if span.span_context().is_sampled() {
-                observer.metrics.spans_ended.inc();
-            }
+            // Counted as ended by the export queue, which takes it here.
             span.end();
         }
         if observer.options.access_log {

@@ -1,6 +1,6 @@
-//! OpenTelemetry tracing: the SDK tracer provider and its batch processor
-//! feeding the OTLP exporter (`otlp`), configured by the standard `OTEL_*`
-//! variables.
+//! OpenTelemetry tracing: the SDK tracer provider and outrider's batch
+//! processor (`batch`) feeding the OTLP exporter (`otlp`), configured by the
+//! standard `OTEL_*` variables.
 //!
 //! Spans are created with the SDK directly, not through the
 //! `tracing-opentelemetry` bridge: the bridge attaches and detaches an OTel
@@ -8,19 +8,18 @@
 //! ~6 µs per request, more than everything else outrider does. One span is
 //! started when a request arrives and ended when its response body ends.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, time::Duration};
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{
     Resource,
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
+    trace::{SdkTracer, SdkTracerProvider},
 };
-use prometheus::IntCounter;
 use tracing::{info, warn};
 
-pub use super::env::OtelError;
+pub use super::{batch::ExportCounters, env::OtelError};
 use super::{
+    batch::{BatchConfig, BatchProcessor},
     env::{non_empty, traces_or_general},
     otlp::{OtlpExporter, Wire},
     propagation::Propagators,
@@ -43,7 +42,11 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "", "Traces-only protocol; overrides the one above."),
     ("OTEL_EXPORTER_OTLP_HEADERS", "", "Extra export headers, `key=value,key2=value2`, values percent-encoded (e.g. an API key)."),
     ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "", "Traces-only headers, added to the ones above."),
-    ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000", "Export timeout in milliseconds."),
+    (
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "10000",
+        "Export timeout in milliseconds: bounds each batch, retries and their waits included; a batch still unsent then is dropped.",
+    ),
     ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "", "Traces-only timeout; overrides the one above."),
     ("OTEL_TRACES_EXPORTER", "otlp", "`otlp`, or `none`: spans are not exported (trace ids still reach the logs and the app)."),
     (
@@ -59,19 +62,21 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
         "`always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio`.",
     ),
     ("OTEL_TRACES_SAMPLER_ARG", "", "Ratio for the `traceidratio` samplers, 0.0–1.0."),
-    ("OTEL_BSP_MAX_QUEUE_SIZE", "2048", "Spans queued for export, 1–1000000; beyond it spans are dropped, never requests slowed."),
+    (
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "2048",
+        "Spans queued for export, 1–1000000; beyond it spans are dropped (counted `queue_full`), never requests slowed. A batch being retried is out of the queue, which keeps filling.",
+    ),
     ("OTEL_BSP_SCHEDULE_DELAY", "5000", "Milliseconds between export batches, at most 86400000 (a day)."),
+    (
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        "512",
+        "Spans per export request, 1–1000000; a full batch is sent at once. Above `OTEL_BSP_MAX_QUEUE_SIZE`, the queue size is used.",
+    ),
     ("K8S_POD_NAME", "", "Downward API: becomes `k8s.pod.name`."),
     ("K8S_NAMESPACE_NAME", "", "Downward API: becomes `k8s.namespace.name`."),
     ("K8S_NODE_NAME", "", "Downward API: becomes `k8s.node.name`."),
 ];
-
-/// Counters the exporter reports into.
-#[derive(Clone)]
-pub struct ExportCounters {
-    pub exported: IntCounter,
-    pub failed: IntCounter,
-}
 
 /// The tracing half of telemetry: what the request layer needs.
 pub struct Tracing {
@@ -140,8 +145,7 @@ impl Tracing {
                 };
                 let exporter = OtlpExporter::from_env(endpoint_var, &endpoint, wire)?;
                 let runtime = export_runtime().map_err(|e| OtelError::Exporter(format!("cannot start the export thread: {e}")))?;
-                let exporter = CountingExporter { inner: Arc::new(exporter), counters, runtime: runtime.clone() };
-                let processor = BatchSpanProcessor::builder(exporter).with_batch_config(BatchConfigBuilder::default().build()).build();
+                let processor = BatchProcessor::start(exporter, batch_config(), counters, &runtime);
                 builder = builder.with_span_processor(processor);
                 format!("{endpoint} ({protocol})")
             }
@@ -214,6 +218,7 @@ fn check_sdk_variables() -> Result<(), OtelError> {
     for (var, max, reason) in [
         ("OTEL_BSP_MAX_QUEUE_SIZE", 1_000_000, "expected a whole number from 1 to 1000000"),
         ("OTEL_BSP_SCHEDULE_DELAY", 86_400_000, "expected milliseconds from 1 to 86400000"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1_000_000, "expected a whole number from 1 to 1000000"),
     ] {
         if let Some(value) = non_empty(var) {
             if !value.parse::<u64>().is_ok_and(|n| (1..=max).contains(&n)) {
@@ -236,63 +241,22 @@ fn traces_exporter() -> Result<bool, OtelError> {
     }
 }
 
+/// The `OTEL_BSP_*` values, checked by [`check_sdk_variables`] first.
+fn batch_config() -> BatchConfig {
+    let number = |var, default: u64| non_empty(var).and_then(|v| v.parse::<u64>().ok()).unwrap_or(default);
+    let max_queue_size = usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)).unwrap_or(2048);
+    BatchConfig {
+        max_queue_size,
+        schedule_delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)),
+        max_export_batch_size: usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)).unwrap_or(512).min(max_queue_size),
+    }
+}
+
 fn env_flag(var: &'static str) -> Result<bool, OtelError> {
     match non_empty(var).map(|v| v.to_ascii_lowercase()) {
         None => Ok(false),
         Some(v) if v == "true" => Ok(true),
         Some(v) if v == "false" => Ok(false),
         Some(v) => Err(OtelError::Invalid { var, value: v, reason: "expected true or false" }),
-    }
-}
-
-/// Counts what the collector accepted and what it did not, and runs each
-/// export on the export runtime: the SDK's batch thread has no reactor, and
-/// both the gRPC and the HTTP client need one.
-#[derive(Debug)]
-struct CountingExporter<E> {
-    inner: Arc<E>,
-    counters: ExportCounters,
-    runtime: tokio::runtime::Handle,
-}
-
-impl fmt::Debug for ExportCounters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ExportCounters")
-    }
-}
-
-impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        // This runs on the SDK's batch thread, which outrider does not start.
-        lower_priority();
-        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        let inner = self.inner.clone();
-        let result = match self.runtime.spawn(async move { inner.export(batch).await }).await {
-            Ok(result) => result,
-            Err(e) => Err(OTelSdkError::InternalFailure(format!("export task failed: {e}"))),
-        };
-        match &result {
-            Ok(()) => self.counters.exported.inc_by(n),
-            Err(e) => {
-                self.counters.failed.inc_by(n);
-                warn!(spans = n, error = %e, "span export failed; spans dropped");
-            }
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        // Called once, while building the provider: the only owner then.
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.set_resource(resource);
-        }
     }
 }

@@ -7,24 +7,26 @@
 //! request traced that was two thirds of tracing's CPU cost. Here a batch
 //! is written into one buffer in one pass.
 
-use std::{fmt, time::Duration};
-
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Uri, header::CONTENT_TYPE};
-use opentelemetry_sdk::{
-    Resource,
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
 };
+
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, header::CONTENT_TYPE};
+use opentelemetry_sdk::{Resource, trace::SpanData};
+use retry::{Jitter, Verdict, backoff, judge};
+use tokio::time::Instant;
+use tracing::debug;
 
 use super::env::{OtelError, non_empty, traces_or_general};
 
 mod encode;
+mod retry;
 mod transport;
 
 #[doc(hidden)]
 pub use encode::{encode_request, encode_resource};
-use transport::Reply;
+use transport::{Reply, TransportError};
 pub use transport::{Transport, Wire};
 
 /// Sends batches of spans to one collector.
@@ -95,29 +97,75 @@ impl OtlpExporter {
         Ok(Self { transport, timeout, resource: encode_resource(&Resource::builder_empty().build()) })
     }
 
-    /// One batch, one attempt: what the collector's answer means.
-    async fn deliver(&self, body: Bytes) -> Result<(), String> {
-        match self.transport.send(body).await.map_err(|e| e.0)? {
-            Reply::Http { status, .. } if status.is_success() => Ok(()),
-            Reply::Http { status, .. } => Err(format!("collector answered {status}")),
-            Reply::Grpc { code: 0, .. } => Ok(()),
-            Reply::Grpc { code, message, .. } => Err(format!("collector answered gRPC status {code}: {message}")),
-        }
+    /// The export timeout: how long one batch may take, retries included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The resource every batch is sent with (the provider's).
+    pub fn set_resource(&mut self, resource: &Resource) {
+        self.resource = encode_resource(resource);
+    }
+
+    /// Sends one batch until the collector takes it, refuses it for good,
+    /// or the export timeout has passed since now; `cutoff` (the exit's
+    /// deadline) can end it sooner. The batch is encoded once; every
+    /// attempt sends the same bytes.
+    pub async fn export(&self, batch: &[SpanData], cutoff: Option<Instant>) -> Delivery {
+        let body = self.transport.frame(encode_request(&self.resource, batch, false));
+        let deadline = Instant::now() + self.timeout;
+        let deadline = cutoff.map_or(deadline, |cutoff| cutoff.min(deadline));
+        // Seeded per batch: a few nanoseconds, and no state to share.
+        let mut jitter = Jitter::new();
+        deliver(|| self.transport.send(body.clone()), deadline, &mut jitter).await
     }
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = self.transport.frame(encode_request(&self.resource, &batch, false));
-        match tokio::time::timeout(self.timeout, self.deliver(body)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(OTelSdkError::InternalFailure(e)),
-            Err(_) => Err(OTelSdkError::Timeout(self.timeout)),
-        }
-    }
+/// How a batch's export ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The collector took it; `rejected` of its spans it refused
+    /// (`partial_success`), saying `message`.
+    Accepted { rejected: u64, message: String },
+    /// Not delivered: refused for good, or still failing at the deadline.
+    /// `status` is the last answer (`HTTP 400`, `gRPC UNAVAILABLE (14)`,
+    /// `no answer`), `message` the collector's explanation.
+    Failed { status: String, message: String, attempts: u32 },
+}
 
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = encode_resource(resource);
+/// Attempts until the answer is final or `deadline` passes, waiting
+/// between attempts as the collector asked (`Retry-After`, `RetryInfo`)
+/// or else by exponential backoff with jitter, every wait cut short at the
+/// deadline: the export timeout bounds the whole batch.
+async fn deliver<F, Fut>(mut attempt: F, deadline: Instant, jitter: &mut Jitter) -> Delivery
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Reply, TransportError>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Delivery::Failed { status: "no answer".to_owned(), message: "the export timeout passed".to_owned(), attempts };
+            }
+        };
+        match judge(&outcome, SystemTime::now()) {
+            Verdict::Accepted { rejected, message } => return Delivery::Accepted { rejected, message },
+            Verdict::Fail { status, message } => return Delivery::Failed { status, message, attempts },
+            Verdict::Retry { after, status, message } => {
+                let asked = after.is_some();
+                let wait = after.unwrap_or_else(|| backoff(attempts - 1, jitter.unit()));
+                let wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                debug!(attempt = attempts, status, message, wait_ms, asked, "span export attempt failed; retrying");
+                tokio::time::sleep(wait).await;
+                if Instant::now() >= deadline {
+                    return Delivery::Failed { status, message, attempts };
+                }
+            }
+        }
     }
 }
 
@@ -151,7 +199,105 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::{cell::RefCell, collections::VecDeque};
+
+    use bytes::Bytes;
+    use http::StatusCode;
+
     use super::*;
+
+    /// Runs the loop against scripted answers, recording when each attempt
+    /// was made (paused time: exact).
+    async fn scripted(answers: Vec<Option<Result<Reply, TransportError>>>, timeout: Duration) -> (Delivery, Vec<Duration>) {
+        let start = Instant::now();
+        let answers = RefCell::new(VecDeque::from(answers));
+        let times = RefCell::new(Vec::new());
+        let delivery = deliver(
+            || {
+                times.borrow_mut().push(start.elapsed());
+                // Past the script, the same as its last answer; None: never answers.
+                let next = answers.borrow_mut().pop_front().unwrap_or_else(|| Some(Err(TransportError("refused".into()))));
+                async move {
+                    match next {
+                        Some(answer) => answer,
+                        None => std::future::pending().await,
+                    }
+                }
+            },
+            start + timeout,
+            &mut Jitter::new(),
+        )
+        .await;
+        (delivery, times.into_inner())
+    }
+
+    fn http(status: u16, retry_after: Option<&'static str>) -> Option<Result<Reply, TransportError>> {
+        Some(Ok(Reply::Http {
+            status: StatusCode::from_u16(status).unwrap(),
+            retry_after: retry_after.map(http::HeaderValue::from_static),
+            body: Bytes::new(),
+        }))
+    }
+
+    fn grpc(code: u32) -> Option<Result<Reply, TransportError>> {
+        Some(Ok(Reply::Grpc { code, message: "busy".into(), details: None, body: Bytes::new() }))
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_until_accepted() {
+        let (delivery, times) = scripted(vec![http(503, Some("1")), http(503, Some("1")), http(200, None)], TIMEOUT).await;
+        assert_eq!(delivery, Delivery::Accepted { rejected: 0, message: String::new() });
+        assert_eq!(times, [Duration::ZERO, Duration::from_secs(1), Duration::from_secs(2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_with_jitter_and_never_passes_the_deadline() {
+        for _ in 0..50 {
+            let (delivery, times) = scripted(vec![grpc(14)], TIMEOUT).await;
+            assert!(matches!(&delivery, Delivery::Failed { attempts, .. } if *attempts as usize == times.len()), "{delivery:?}");
+            // The waits: 0.5–1 s, 1–2 s, 2–4 s, ... each inside its step.
+            for (i, pair) in times.windows(2).enumerate() {
+                let step = retry::INITIAL_BACKOFF * (1 << i);
+                let wait = pair[1] - pair[0];
+                assert!(wait >= step / 2 && wait <= step, "wait {i}: {wait:?} ({times:?})");
+            }
+            assert!(times.len() >= 3 && times.len() <= 5, "{times:?}");
+            assert!(*times.last().unwrap() < TIMEOUT, "{times:?}");
+        }
+        // Gave up exactly at the deadline, not before, not after.
+        let start = Instant::now();
+        scripted(vec![grpc(14)], TIMEOUT).await;
+        assert_eq!(start.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_longer_than_the_time_left_ends_at_the_deadline() {
+        let start = Instant::now();
+        let (delivery, times) = scripted(vec![http(429, Some("3600")), http(200, None)], TIMEOUT).await;
+        assert_eq!(times.len(), 1);
+        assert_eq!(start.elapsed(), TIMEOUT);
+        assert_eq!(delivery, Delivery::Failed { status: "HTTP 429".into(), message: String::new(), attempts: 1 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn final_answers_are_not_retried() {
+        for answer in [http(400, None), http(401, None), http(404, None), grpc(3), grpc(8), grpc(16)] {
+            let (delivery, times) = scripted(vec![answer, http(200, None)], TIMEOUT).await;
+            assert_eq!(times.len(), 1);
+            assert!(matches!(delivery, Delivery::Failed { attempts: 1, .. }), "{delivery:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_never_answers_ends_at_the_deadline() {
+        let start = Instant::now();
+        let (delivery, times) = scripted(vec![grpc(14), None], TIMEOUT).await;
+        assert_eq!(times.len(), 2);
+        assert_eq!(start.elapsed(), TIMEOUT);
+        assert!(matches!(&delivery, Delivery::Failed { status, attempts: 2, .. } if status == "no answer"), "{delivery:?}");
+    }
 
     #[test]
     fn headers_are_parsed_and_percent_decoded() {
