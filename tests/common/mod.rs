@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 pub mod otlp;
+pub mod otlp_tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outrider");
 
