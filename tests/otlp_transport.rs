@@ -233,7 +233,9 @@ async fn bad_tls_and_compression_settings_are_configuration_errors() {
     let pki = Pki::new("config");
     let https = "https://127.0.0.1:4317";
     let p = |name: &str| pki.path(name);
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    // (endpoint, variables, the variable the error must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (https, vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", p("missing.pem"))], "OTEL_EXPORTER_OTLP_CERTIFICATE"),
         (https, vec![("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", p("client.key"))], "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"),
         (https, vec![("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", p("client.crt"))], "OTEL_EXPORTER_OTLP_CLIENT_KEY"),

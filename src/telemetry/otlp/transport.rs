@@ -65,15 +65,18 @@ pub struct Transport {
 }
 
 /// The pooled HTTP client, over plain TCP or TLS.
+#[expect(clippy::large_enum_variant, reason = "one per process: boxing saves nothing")]
 enum Clients {
     Plain(Client<HttpConnector, Full<Bytes>>),
-    Tls {
-        tls: CollectorTls,
-        /// Rebuilt (with a fresh pool) when the TLS files change, so that a
-        /// rotated client certificate or CA is used from the next attempt.
-        /// Locked on the export thread only, for a pointer copy.
-        client: Mutex<Client<TlsConnect, Full<Bytes>>>,
-    },
+    Tls(TlsClient),
+}
+
+struct TlsClient {
+    tls: CollectorTls,
+    /// Rebuilt (with a fresh pool) when the TLS files change, so that a
+    /// rotated client certificate or CA is used from the next attempt.
+    /// Locked on the export thread only, for a pointer copy.
+    client: Mutex<Client<TlsConnect, Full<Bytes>>>,
 }
 
 impl fmt::Debug for Transport {
@@ -81,8 +84,8 @@ impl fmt::Debug for Transport {
         // Not the headers: they carry API keys.
         let mut s = f.debug_struct("Transport");
         s.field("uri", &self.uri).field("wire", &self.wire).field("compression", &self.compression);
-        if let Clients::Tls { tls, .. } = &self.client {
-            s.field("tls", tls);
+        if let Clients::Tls(tls) = &self.client {
+            s.field("tls", &tls.tls);
         }
         s.finish_non_exhaustive()
     }
@@ -115,7 +118,7 @@ impl Transport {
             None => Clients::Plain(client(wire, HttpConnector::new())),
             Some((tls, connector)) => {
                 let client = Mutex::new(client(wire, TlsConnect::new(connector, tls.server_name())));
-                Clients::Tls { tls, client }
+                Clients::Tls(TlsClient { tls, client })
             }
         };
         Self { client, uri, wire, compression, headers }
@@ -205,11 +208,11 @@ impl Transport {
     async fn request(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         match &self.client {
             Clients::Plain(client) => client.request(request).await,
-            Clients::Tls { tls, client } => {
+            Clients::Tls(tls) => {
                 let client = {
-                    let mut current = client.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(connector) = tls.reloaded() {
-                        *current = self::client(self.wire, TlsConnect::new(connector, tls.server_name()));
+                    let mut current = tls.client.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(connector) = tls.tls.reloaded() {
+                        *current = self::client(self.wire, TlsConnect::new(connector, tls.tls.server_name()));
                     }
                     current.clone()
                 };
