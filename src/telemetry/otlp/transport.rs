@@ -241,3 +241,41 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(wire: Wire, compression: Compression) -> Transport {
+        let mut headers = HeaderMap::new();
+        headers.insert("api-key", HeaderValue::from_static("s3cret-value"));
+        Transport::new("http://127.0.0.1:4317/x".parse().unwrap(), wire, headers, compression, None)
+    }
+
+    #[test]
+    fn debug_never_shows_header_values() {
+        for wire in [Wire::Grpc, Wire::Http] {
+            let shown = format!("{:?}", transport(wire, Compression::Gzip));
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("127.0.0.1:4317"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn grpc_frames_say_whether_they_are_compressed() {
+        let message = b"spans ".repeat(100);
+        let plain = transport(Wire::Grpc, Compression::None).frame(message.clone());
+        assert_eq!(plain[0], 0);
+        assert_eq!(&plain[1..5], &u32::try_from(message.len()).unwrap().to_be_bytes());
+        assert_eq!(&plain[5..], &message[..]);
+        let packed = transport(Wire::Grpc, Compression::Gzip);
+        assert_eq!(packed.headers["grpc-encoding"], "gzip");
+        let packed = packed.frame(message.clone());
+        assert_eq!(packed[0], 1);
+        assert_eq!(u32::from_be_bytes(packed[1..5].try_into().unwrap()) as usize, packed.len() - 5);
+        assert_eq!(gzip::decompress(&packed[5..]).unwrap(), message);
+        let http = transport(Wire::Http, Compression::Gzip);
+        assert_eq!(http.headers[http::header::CONTENT_ENCODING], "gzip");
+        assert_eq!(gzip::decompress(&http.frame(message.clone())).unwrap(), message);
+    }
+}
