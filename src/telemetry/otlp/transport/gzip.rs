@@ -12,7 +12,23 @@ pub enum Compression {
     Gzip,
 }
 
-/// The deflate level; see the `gzip_levels` measurement below.
+/// Level 1, measured by the `gzip_levels` test below on a batch of 512 of
+/// outrider's server spans (10 attributes each, random trace and span ids)
+/// as `encode_request` writes it: 241 277 bytes. miniz_oxide (flate2's
+/// pure-Rust backend), release build, best of 6 runs of 50 batches on the
+/// shared 2-core build machine:
+///
+/// | level | bytes  | saved | CPU per batch |
+/// |-------|--------|-------|---------------|
+/// | 1     | 36 485 | 85 %  | 0.9 ms        |
+/// | 3     | 31 988 | 87 %  | 2.1 ms        |
+/// | 6     | 31 736 | 87 %  | 3.8 ms        |
+/// | 9     | 31 700 | 87 %  | 3.4 ms        |
+///
+/// Level 1 takes nearly all of the saving (what it leaves is mostly the
+/// random ids, which no level compresses) for under half of level 3's CPU
+/// and a quarter of level 6's: about 2 µs per span, on the export thread,
+/// which shares the sidecar's small CPU limit with requests.
 const LEVEL: u32 = 1;
 
 /// The largest decompressed answer accepted: a collector's answer is a
