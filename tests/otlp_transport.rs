@@ -59,7 +59,46 @@ async fn grpc_over_tls_verified_with_a_private_ca() {
     assert_eq!(find(&span.resource, "service.name").as_deref(), Some("legacy-shop"));
     assert_eq!(proxy.metric(FAILED).await, Some(0.0));
     assert_eq!(receiver.refused(), 0);
+    assert!(receiver.api_keys().iter().all(|k| k == SECRET) && !receiver.api_keys().is_empty());
     no_secret_logged(&proxy);
+}
+
+/// A managed backend: an `https://` endpoint and an API key, nothing
+/// else. Its CA is among the system's: here the test CA stands in for the
+/// distribution's bundle, through `SSL_CERT_FILE` as a non-Debian base
+/// image would set it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_managed_backend_needs_only_an_https_endpoint_and_a_key() {
+    let pki = Pki::new("managed");
+    let app = App::start().await;
+    for (receiver, protocol) in [(grpc_tls(&pki, false).await, "grpc"), (http_tls(&pki, false).await, "http/protobuf")] {
+        let proxy = traced(&app, &format!("https://localhost:{}", receiver.addr.port()), protocol)
+            .env("SSL_CERT_FILE", &pki.path("ca.pem"))
+            .env("SSL_CERT_DIR", &pki.path("no-such-dir"))
+            .start()
+            .await;
+        span_arrives(&proxy, &receiver, "/managed").await;
+        assert_eq!(receiver.api_keys().last().map(String::as_str), Some(SECRET), "{protocol}: the API key arrives");
+        no_secret_logged(&proxy);
+    }
+}
+
+/// A system with no CA certificates at all (a bare `FROM scratch` image):
+/// the bundled Mozilla roots verify the collector, which a private CA's
+/// certificate then does not satisfy.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_system_roots_the_bundled_ones_are_used() {
+    let pki = Pki::new("bundled");
+    let receiver = grpc_tls(&pki, false).await;
+    let app = App::start().await;
+    let proxy = traced(&app, &format!("https://127.0.0.1:{}", receiver.addr.port()), "grpc")
+        .env("SSL_CERT_FILE", &pki.path("no-such-bundle.pem"))
+        .env("SSL_CERT_DIR", &pki.path("no-such-dir"))
+        .start()
+        .await;
+    proxy.wait_log("the fallback logged", |l| l.contains("bundled Mozilla roots")).await;
+    exports_fail(&proxy, &receiver, "/bundled").await;
+    proxy.wait_log("the reason", |l| l.contains("UnknownIssuer")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -117,7 +117,11 @@ pub fn replace_file(path: &Path, data: &[u8]) {
 pub struct TlsReceiver {
     pub receiver: Receiver,
     pub refused: Arc<AtomicUsize>,
+    /// The `api-key` header of every export received.
+    pub api_keys: Keys,
 }
+
+pub type Keys = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl std::ops::Deref for TlsReceiver {
     type Target = Receiver;
@@ -129,6 +133,10 @@ impl std::ops::Deref for TlsReceiver {
 impl TlsReceiver {
     pub fn refused(&self) -> usize {
         self.refused.load(Ordering::SeqCst)
+    }
+
+    pub fn api_keys(&self) -> Vec<String> {
+        self.api_keys.lock().unwrap().clone()
     }
 }
 
@@ -163,12 +171,13 @@ pub async fn grpc_tls(pki: &Pki, require_client_cert: bool) -> TlsReceiver {
     let refused = Arc::new(AtomicUsize::new(0));
     let mut accepted = accept_tls(listener, pki.server_config(require_client_cert, &[b"h2"]), refused.clone());
     let spans = Store::default();
-    let service = TraceServiceServer::new(Collector(spans.clone()));
+    let api_keys = Keys::default();
+    let service = TraceServiceServer::new(Collector(spans.clone(), api_keys.clone()));
     let task = tokio::spawn(async move {
         let incoming = futures_util::stream::poll_fn(move |cx| accepted.poll_recv(cx).map(|c| c.map(Ok::<_, std::io::Error>)));
         let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
     });
-    TlsReceiver { receiver: Receiver { addr, spans, task }, refused }
+    TlsReceiver { receiver: Receiver { addr, spans, task }, refused, api_keys }
 }
 
 /// OTLP/HTTP over TLS (HTTP/1.1 or HTTP/2, by ALPN).
@@ -178,13 +187,14 @@ pub async fn http_tls(pki: &Pki, require_client_cert: bool) -> TlsReceiver {
     let refused = Arc::new(AtomicUsize::new(0));
     let mut accepted = accept_tls(listener, pki.server_config(require_client_cert, &[b"h2", b"http/1.1"]), refused.clone());
     let spans = Store::default();
-    let sink = spans.clone();
+    let api_keys = Keys::default();
+    let (sink, keys) = (spans.clone(), api_keys.clone());
     let task = tokio::spawn(async move {
         while let Some(conn) = accepted.recv().await {
-            serve_http(TokioIo::new(conn), sink.clone(), false);
+            serve_http(TokioIo::new(conn), sink.clone(), keys.clone(), false);
         }
     });
-    TlsReceiver { receiver: Receiver { addr, spans, task }, refused }
+    TlsReceiver { receiver: Receiver { addr, spans, task }, refused, api_keys }
 }
 
 /// OTLP/HTTP in clear that requires `Content-Encoding: gzip`.
@@ -196,19 +206,22 @@ pub async fn http_gzip() -> Receiver {
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            serve_http(TokioIo::new(stream), sink.clone(), true);
+            serve_http(TokioIo::new(stream), sink.clone(), Keys::default(), true);
         }
     });
     Receiver { addr, spans, task }
 }
 
-fn serve_http<IO>(io: TokioIo<IO>, sink: Store, gzip: bool)
+fn serve_http<IO>(io: TokioIo<IO>, sink: Store, keys: Keys, gzip: bool)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let sink = sink.clone();
+            if let Some(key) = req.headers().get("api-key") {
+                keys.lock().unwrap().push(key.to_str().unwrap().to_owned());
+            }
             async move {
                 assert_eq!(req.uri().path(), "/v1/traces");
                 assert_eq!(req.headers()["content-type"], "application/x-protobuf");
@@ -296,7 +309,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-struct Collector(Store);
+struct Collector(Store, Keys);
 
 #[tonic::async_trait]
 impl TraceService for Collector {
@@ -304,6 +317,9 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Some(key) = request.metadata().get("api-key") {
+            self.1.lock().unwrap().push(key.to_str().unwrap().to_owned());
+        }
         store(&self.0, request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
