@@ -191,9 +191,14 @@ async fn a_scheme_less_grpc_endpoint_is_tls_unless_insecure() {
     let insecure =
         traced(&app, &format!("127.0.0.1:{}", plain.addr.port()), "grpc").env("OTEL_EXPORTER_OTLP_INSECURE", "true").start().await;
     span_arrives(&insecure, &plain, "/insecure").await;
+    // TLS variables on a plaintext endpoint are ignored, and said to be.
+    let pki = Pki::new("schemeless");
+    let ignored =
+        traced(&app, &format!("http://{}", plain.addr), "grpc").env("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.path("ca.pem")).start().await;
+    span_arrives(&ignored, &plain, "/tls-ignored").await;
+    ignored.wait_log("the ignored variables named", |l| l.contains("ignored") && l.contains("OTEL_EXPORTER_OTLP_CERTIFICATE")).await;
 
     // Without it, TLS: to a TLS receiver it works...
-    let pki = Pki::new("schemeless");
     let secure = grpc_tls(&pki, false).await;
     let proxy = traced(&app, &format!("localhost:{}", secure.addr.port()), "grpc")
         .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.path("ca.pem"))

@@ -23,7 +23,7 @@ mod tls;
 
 use connect::TlsConnect;
 pub use gzip::Compression;
-pub use tls::CollectorTls;
+pub use tls::{CollectorTls, warn_if_configured as warn_if_tls_configured};
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

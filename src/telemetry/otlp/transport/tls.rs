@@ -209,6 +209,17 @@ impl CollectorTls {
     }
 }
 
+/// On a plaintext endpoint the TLS variables do nothing: says so, since
+/// whoever set them meant TLS (`http://` where `https://` was meant, or
+/// `OTEL_EXPORTER_OTLP_INSECURE=true` left over).
+pub fn warn_if_configured() {
+    let set: Vec<&str> =
+        [CA, CLIENT_CERT, CLIENT_KEY].into_iter().filter_map(|(t, g)| traces_or_general(t, g)).map(|(var, _)| var).collect();
+    if !set.is_empty() {
+        warn!(variables = ?set, "the OTLP endpoint is plaintext: these TLS variables are ignored");
+    }
+}
+
 impl File {
     fn error(&self, e: &TlsError) -> OtelError {
         OtelError::File { var: self.var, value: self.path.display().to_string(), reason: e.to_string() }
