@@ -8,6 +8,10 @@
 //!   broken new pair is logged and ignored while the old one stays.
 //! * Optional mTLS: with a client CA, a verified client certificate is
 //!   required and its subject is handed to the request path.
+//!
+//! Also the client side, shared by the connection to an `https://` app and
+//! the OTLP exporter's to its collector: PEM reading, the key-pair check,
+//! and the rustls client config.
 
 use std::{
     fmt,

@@ -297,6 +297,14 @@ async fn bad_tls_and_compression_settings_are_configuration_errors() {
         ("http://127.0.0.1:4317", vec![("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd".into())], "OTEL_EXPORTER_OTLP_COMPRESSION"),
         ("http://127.0.0.1:4317", vec![("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "br".into())], "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
         ("127.0.0.1:4317", vec![("OTEL_EXPORTER_OTLP_INSECURE", "yes".into())], "OTEL_EXPORTER_OTLP_INSECURE"),
+        // TLS set up from the system's roots, then a later variable fails:
+        // still one line (nothing about the roots is logged before).
+        (https, vec![("OTEL_EXPORTER_OTLP_TIMEOUT", "soon".into())], "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        (
+            "http://127.0.0.1:4317",
+            vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", p("ca.pem")), ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon".into())],
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
         (
             "127.0.0.1:4318",
             vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()), ("OTEL_EXPORTER_OTLP_INSECURE", "true".into())],

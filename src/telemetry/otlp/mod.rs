@@ -123,9 +123,10 @@ impl OtlpExporter {
                 _ => return Err(OtelError::Invalid { var, value: v, reason: "expected milliseconds, a positive integer" }),
             },
         };
-        if tls.is_none() {
-            // Last, once nothing can fail: a configuration error is one line.
-            transport::warn_if_tls_configured();
+        // Last, once nothing can fail: a configuration error is one line.
+        match &tls {
+            None => transport::warn_if_tls_configured(),
+            Some((tls, _)) => tls.log_roots(),
         }
         let transport = Transport::new(uri, wire, headers, compression, tls);
         Ok(Self { transport, timeout, resource: encode_resource(&Resource::builder_empty().build()) })

@@ -45,7 +45,7 @@ enum Roots {
     File(File),
     /// The system's bundle, loaded once: it does not rotate under a
     /// running process the way a mounted Secret does.
-    System(Arc<RootCertStore>),
+    System(Arc<RootCertStore>, SystemRoots),
 }
 
 /// How outrider speaks TLS to one collector.
@@ -66,7 +66,7 @@ impl fmt::Debug for CollectorTls {
         // Paths only: never what is in them.
         let ca = match &self.roots {
             Roots::File(file) => Some(&file.path),
-            Roots::System(_) => None,
+            Roots::System(..) => None,
         };
         f.debug_struct("CollectorTls")
             .field("server_name", &self.server_name)
@@ -106,25 +106,31 @@ impl CollectorTls {
             (Some(cert), None) => return Err(OtelError::Missing { var: partner(cert.var, CLIENT_CERT, CLIENT_KEY), with: cert.var }),
             (None, Some(key)) => return Err(OtelError::Missing { var: partner(key.var, CLIENT_KEY, CLIENT_CERT), with: key.var }),
         };
-        let (roots, system) = match file(CA) {
-            Some(ca) => (Roots::File(ca), None),
+        let roots = match file(CA) {
+            Some(ca) => Roots::File(ca),
             None => {
                 let (roots, found) = system_roots();
-                (Roots::System(roots), Some(found))
+                Roots::System(roots, found)
             }
         };
         let tls = Self { server_name, alpn, roots, identity, seen: Mutex::new(Stamp::default()) };
         *tls.seen.lock().unwrap_or_else(PoisonError::into_inner) = tls.stamp();
         let connector = tls.load()?;
-        // Logged once all is well: a configuration error stays one line.
-        match system {
-            Some(SystemRoots::Found(n)) => tracing::debug!(certificates = n, "the collector is verified with the system's CA certificates"),
-            Some(SystemRoots::Bundled(why)) => {
+        Ok((tls, connector))
+    }
+
+    /// Says which roots verify the collector. Called once the whole
+    /// configuration is known good, so that an error stays one line.
+    pub fn log_roots(&self) {
+        match &self.roots {
+            Roots::File(ca) => tracing::debug!(ca = %ca.path.display(), "the collector is verified with the configured CA"),
+            Roots::System(_, SystemRoots::Found(n)) => {
+                tracing::debug!(certificates = n, "the collector is verified with the system's CA certificates");
+            }
+            Roots::System(_, SystemRoots::Bundled(why)) => {
                 info!(reason = %why, "no system CA certificates; the collector is verified with the bundled Mozilla roots");
             }
-            None => {}
         }
-        Ok((tls, connector))
     }
 
     /// The name the collector's certificate must carry.
@@ -136,7 +142,7 @@ impl CollectorTls {
     /// new files load; `None` when nothing changed, or when the new files
     /// are broken (logged once; the connector in use stays).
     pub fn reloaded(&self) -> Option<TlsConnector> {
-        if matches!(self.roots, Roots::System(_)) && self.identity.is_none() {
+        if matches!(self.roots, Roots::System(..)) && self.identity.is_none() {
             return None;
         }
         let now = self.stamp();
@@ -161,7 +167,7 @@ impl CollectorTls {
 
     fn load(&self) -> Result<TlsConnector, OtelError> {
         let roots = match &self.roots {
-            Roots::System(roots) => roots.clone(),
+            Roots::System(roots, _) => roots.clone(),
             Roots::File(ca) => {
                 let mut roots = RootCertStore::empty();
                 let (added, _unusable) = roots.add_parsable_certificates(read_certs(&ca.path).map_err(|e| ca.error(&e))?);
@@ -195,7 +201,7 @@ impl CollectorTls {
     fn paths(&self) -> impl Iterator<Item = &File> {
         let ca = match &self.roots {
             Roots::File(ca) => Some(ca),
-            Roots::System(_) => None,
+            Roots::System(..) => None,
         };
         ca.into_iter().chain(self.identity.iter().flat_map(|(cert, key)| [cert, key]))
     }
