@@ -21,7 +21,8 @@
 //! * `telemetry`: logs, the OpenTelemetry span per request, Prometheus
 //!   metrics, and the tower layer that records all three.
 //! * `body`: body wrappers shared by the request path and telemetry.
-//! * `tls`: rustls server config, certificate hot reload, mTLS subjects.
+//! * `tls`: rustls server config, certificate hot reload, mTLS subjects,
+//!   and the client configs (to an `https://` app, to the OTLP collector).
 //! * `trust`: the front proxies whose forwarding headers are believed.
 //! * `gate`: a future polled only when it woke its task, for the branches
 //!   of a connection's `select!` that almost never fire.

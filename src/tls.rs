@@ -8,6 +8,10 @@
 //!   broken new pair is logged and ignored while the old one stays.
 //! * Optional mTLS: with a client CA, a verified client certificate is
 //!   required and its subject is handed to the request path.
+//!
+//! Also the client side, shared by the connection to an `https://` app and
+//! the OTLP exporter's to its collector: PEM reading, the key-pair check,
+//! and the rustls client config.
 
 use std::{
     fmt,
@@ -170,7 +174,11 @@ fn read_files(cert: &Path, key: &Path) -> Result<Files, TlsError> {
     Ok((read(cert)?, read(key)?))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file; at least one.
+///
+/// # Errors
+/// The file cannot be read, is not PEM, or holds no certificate.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = std::fs::read(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
@@ -183,12 +191,24 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 fn load_pair(cert: &Path, key: &Path, provider: &rustls::crypto::CryptoProvider) -> Result<(CertifiedKey, Files), TlsError> {
     let files = read_files(cert, key)?;
+    Ok((certified_key(cert, key, &files.1, provider)?, files))
+}
+
+/// A certificate chain and its private key, checked to belong together.
+///
+/// # Errors
+/// A file is unreadable or not PEM, or the key is not the certificate's.
+pub fn load_certified_key(cert: &Path, key: &Path, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read { path: key.display().to_string(), source })?;
+    certified_key(cert, key, &key_pem, provider)
+}
+
+fn certified_key(cert: &Path, key: &Path, key_pem: &[u8], provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let chain = read_certs(cert)?;
-    let private = PrivateKeyDer::from_pem_slice(&files.1)
+    let private = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| TlsError::Invalid { path: key.display().to_string(), reason: format!("not a PEM private key: {e}") })?;
-    let certified = CertifiedKey::from_der(chain, private, provider)
-        .map_err(|e| TlsError::Invalid { path: cert.display().to_string(), reason: format!("certificate and key do not match: {e}") })?;
-    Ok((certified, files))
+    CertifiedKey::from_der(chain, private, provider)
+        .map_err(|e| TlsError::Invalid { path: cert.display().to_string(), reason: format!("certificate and key do not match: {e}") })
 }
 
 /// A TLS client for an `https://` app, verifying it against `ca`.
@@ -196,17 +216,56 @@ fn load_pair(cert: &Path, key: &Path, provider: &rustls::crypto::CryptoProvider)
 /// # Errors
 /// The bundle cannot be read or holds no usable certificate.
 pub fn client_connector(ca: &Path, http2: bool) -> Result<tokio_rustls::TlsConnector, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(read_certs(ca)?);
     if added == 0 {
         return Err(TlsError::Invalid { path: ca.display().to_string(), reason: "no usable CA certificate".into() });
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Invalid { path: ca.display().to_string(), reason: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
+    let config = client_config(Arc::new(roots), None, alpn)
+        .map_err(|e| TlsError::Invalid { path: ca.display().to_string(), reason: e.to_string() })?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A TLS 1.2/1.3 client (ring provider) that verifies servers against
+/// `roots`, presents `identity` when a server asks for a certificate, and
+/// offers the one protocol `alpn` names.
+///
+/// # Errors
+/// Only if the provider supports neither protocol version.
+pub fn client_config(
+    roots: Arc<rustls::RootCertStore>,
+    identity: Option<Arc<CertifiedKey>>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder.with_client_cert_resolver(Arc::new(ClientIdentity(identity))),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// Always the one configured client certificate.
+struct ClientIdentity(Arc<CertifiedKey>);
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.write_str("ClientIdentity")
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ClientIdentity {
+    fn resolve(&self, _root_hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }

@@ -151,8 +151,9 @@ fn usage_errors_exit_2() {
 fn bad_export_settings_exit_2_naming_the_variable() {
     for (var, value) in [
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ("OTEL_EXPORTER_OTLP_INSECURE", "yes"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "no-value"),
         // Read by the SDK itself, which would fall back in silence.

@@ -6,6 +6,12 @@
 pub enum OtelError {
     #[error("invalid {var}={value:?}: {reason}")]
     Invalid { var: &'static str, value: String, reason: &'static str },
+    /// A file named by a variable that cannot be used.
+    #[error("invalid {var}={value:?}: {reason}")]
+    File { var: &'static str, value: String, reason: String },
+    /// A variable that must be set because another one is.
+    #[error("{var} must be set too: {with} is set, and one needs the other")]
+    Missing { var: &'static str, with: &'static str },
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(String),
 }

@@ -31,7 +31,7 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "",
-        "Collector base URL, e.g. `http://jaeger:4317` (gRPC) or `http://jaeger:4318` (HTTP; `/v1/traces` is added). `http://` only. Unset: spans are not exported.",
+        "Collector base URL, e.g. `http://jaeger:4317` (gRPC) or `http://jaeger:4318` (HTTP; `/v1/traces` is added). `https://` is TLS, verified against the system's CA certificates (or the bundled Mozilla roots when the system has none). For gRPC also `host:port` without a scheme: TLS unless `OTEL_EXPORTER_OTLP_INSECURE=true`. Unset: spans are not exported.",
     ),
     (
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -42,6 +42,32 @@ pub const OTEL_VARIABLES: &[(&str, &str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "", "Traces-only protocol; overrides the one above."),
     ("OTEL_EXPORTER_OTLP_HEADERS", "", "Extra export headers, `key=value,key2=value2`, values percent-encoded (e.g. an API key)."),
     ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "", "Traces-only headers, added to the ones above."),
+    (
+        "OTEL_EXPORTER_OTLP_INSECURE",
+        "false",
+        "`true`: a scheme-less gRPC endpoint (`collector:4317`) is plaintext instead of TLS. No effect on `http://` (plaintext) or `https://` (TLS) endpoints.",
+    ),
+    ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "", "Traces-only; overrides the one above."),
+    (
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "",
+        "PEM file of the CA certificate(s) that verify the collector over TLS, used instead of the system's. Re-read when it changes (a rotated Secret); a broken new file is logged and the previous one kept.",
+    ),
+    ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "", "Traces-only CA file; overrides the one above."),
+    (
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "",
+        "PEM client certificate (chain) presented to a collector that asks for one (mTLS). Needs `OTEL_EXPORTER_OTLP_CLIENT_KEY`. Re-read when it changes.",
+    ),
+    ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "", "Traces-only client certificate; overrides the one above."),
+    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "", "PEM private key of the client certificate. Re-read when it changes."),
+    ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "", "Traces-only client key; overrides the one above."),
+    (
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "none",
+        "`gzip` or `none`. gzip cuts a batch of 512 spans by 85 % for ~1 ms of the export thread's CPU, never the request path's.",
+    ),
+    ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "", "Traces-only compression; overrides the one above."),
     (
         "OTEL_EXPORTER_OTLP_TIMEOUT",
         "10000",

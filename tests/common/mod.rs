@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub mod otlp;
 pub mod otlp_faulty;
+pub mod otlp_tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outrider");
 

@@ -26,7 +26,7 @@ mod transport;
 
 #[doc(hidden)]
 pub use encode::{encode_request, encode_resource};
-use transport::{Reply, TransportError};
+use transport::{CollectorTls, Compression, Reply, TransportError};
 pub use transport::{Transport, Wire};
 
 /// Sends batches of spans to one collector.
@@ -52,18 +52,49 @@ impl OtlpExporter {
         let signal_specific = var == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
         let invalid = |reason| OtelError::Invalid { var, value: endpoint.to_owned(), reason };
         let base: Uri = endpoint.parse().map_err(|_| invalid("not a URL"))?;
-        match base.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(invalid("https is not supported for export; use an http:// collector or a local agent")),
-            _ => return Err(invalid("expected an http:// URL")),
-        }
+        // `OTEL_EXPORTER_OTLP_INSECURE` applies, per the specification, to a
+        // gRPC endpoint without a scheme (`collector:4317`): TLS unless it
+        // is true. A scheme says it all.
+        let insecure = match traces_or_general("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE") {
+            None => false,
+            Some((_, v)) if v.eq_ignore_ascii_case("true") => true,
+            Some((_, v)) if v.eq_ignore_ascii_case("false") => false,
+            Some((var, v)) => return Err(OtelError::Invalid { var, value: v, reason: "expected true or false" }),
+        };
+        let tls = match (base.scheme_str(), wire) {
+            (Some("http"), _) => false,
+            (Some("https"), _) => true,
+            (None, Wire::Grpc) => !insecure,
+            (None, Wire::Http) => return Err(invalid("expected an http:// or https:// URL")),
+            (Some(_), _) => return Err(invalid("expected an http://, https:// or (gRPC) scheme-less host:port endpoint")),
+        };
         let Some(authority) = base.authority().cloned() else { return Err(invalid("no host in the URL")) };
         let path = match wire {
             Wire::Grpc => "/opentelemetry.proto.collector.trace.v1.TraceService/Export".to_owned(),
             Wire::Http if signal_specific => base.path().to_owned(),
             Wire::Http => format!("{}/v1/traces", base.path().trim_end_matches('/')),
         };
-        let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build().map_err(|_| invalid("not a URL"))?;
+        let uri = Uri::builder()
+            .scheme(if tls { "https" } else { "http" })
+            .authority(authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| invalid("not a URL"))?;
+        let tls = if tls {
+            // gRPC needs HTTP/2. HTTP/protobuf stays on HTTP/1.1 over TLS
+            // as in clear: one request every few seconds gains nothing from
+            // HTTP/2's streams, and every OTLP/HTTP receiver speaks 1.1.
+            let alpn: &'static [u8] = if wire == Wire::Grpc { b"h2" } else { b"http/1.1" };
+            Some(CollectorTls::from_env(var, endpoint, authority.host(), alpn)?)
+        } else {
+            None
+        };
+        let compression = match traces_or_general("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION") {
+            None => Compression::None,
+            Some((_, v)) if v == "none" => Compression::None,
+            Some((_, v)) if v == "gzip" => Compression::Gzip,
+            Some((var, v)) => return Err(OtelError::Invalid { var, value: v, reason: "expected gzip or none" }),
+        };
 
         // Every request's headers, built once: the configured ones, then
         // the protocol's own, which win over a configured one.
@@ -93,7 +124,12 @@ impl OtlpExporter {
                 _ => return Err(OtelError::Invalid { var, value: v, reason: "expected milliseconds, a positive integer" }),
             },
         };
-        let transport = Transport::new(uri, wire, headers);
+        // Last, once nothing can fail: a configuration error is one line.
+        match &tls {
+            None => transport::warn_if_tls_configured(),
+            Some((tls, _)) => tls.log_roots(),
+        }
+        let transport = Transport::new(uri, wire, headers, compression, tls);
         Ok(Self { transport, timeout, resource: encode_resource(&Resource::builder_empty().build()) })
     }
 

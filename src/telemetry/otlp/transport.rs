@@ -1,16 +1,29 @@
 //! One delivery attempt of an encoded batch to the collector: the HTTP
-//! client, the wire framing, and what the collector answered, read into a
+//! client (plain, or TLS with files re-read on rotation), the wire framing
+//! and compression, and what the collector answered, read into a
 //! [`Reply`] that the export loop (`super`) judges.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Mutex, PoisonError},
+};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+
+mod connect;
+mod gzip;
+mod tls;
+
+use connect::TlsConnect;
+pub use gzip::Compression;
+pub use tls::{CollectorTls, warn_if_configured as warn_if_tls_configured};
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,25 +55,73 @@ pub struct TransportError(pub String);
 
 /// Sends encoded batches to one collector URL.
 pub struct Transport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Clients,
     uri: Uri,
     wire: Wire,
-    /// Every request's headers, built once.
+    compression: Compression,
+    /// Every request's headers, built once. Never logged: they carry API
+    /// keys.
     headers: HeaderMap,
+}
+
+/// The pooled HTTP client, over plain TCP or TLS.
+#[expect(clippy::large_enum_variant, reason = "one per process: boxing saves nothing")]
+enum Clients {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(TlsClient),
+}
+
+struct TlsClient {
+    tls: CollectorTls,
+    /// Rebuilt (with a fresh pool) when the TLS files change, so that a
+    /// rotated client certificate or CA is used from the next attempt.
+    /// Locked on the export thread only, for a pointer copy.
+    client: Mutex<Client<TlsConnect, Full<Bytes>>>,
 }
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transport").field("uri", &self.uri).field("wire", &self.wire).finish_non_exhaustive()
+        // Not the headers: they carry API keys.
+        let mut s = f.debug_struct("Transport");
+        s.field("uri", &self.uri).field("wire", &self.wire).field("compression", &self.compression);
+        if let Clients::Tls(tls) = &self.client {
+            s.field("tls", &tls.tls);
+        }
+        s.finish_non_exhaustive()
     }
 }
 
 impl Transport {
-    /// `uri` is the full export URL; `headers` the configured ones plus the
-    /// protocol's own.
-    pub fn new(uri: Uri, wire: Wire, headers: HeaderMap) -> Self {
-        let client = Client::builder(TokioExecutor::new()).http2_only(wire == Wire::Grpc).build(HttpConnector::new());
-        Self { client, uri, wire, headers }
+    /// `uri` is the full export URL (`https://` with `tls`); `headers` the
+    /// configured ones plus the protocol's own; `tls` with the connector
+    /// its files gave at start-up. The compression's headers are added
+    /// here.
+    pub fn new(
+        uri: Uri,
+        wire: Wire,
+        mut headers: HeaderMap,
+        compression: Compression,
+        tls: Option<(CollectorTls, tokio_rustls::TlsConnector)>,
+    ) -> Self {
+        if compression == Compression::Gzip {
+            match wire {
+                Wire::Http => {
+                    headers.insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
+                Wire::Grpc => {
+                    headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
+                    headers.insert("grpc-accept-encoding", HeaderValue::from_static("gzip"));
+                }
+            }
+        }
+        let client = match tls {
+            None => Clients::Plain(client(wire, HttpConnector::new())),
+            Some((tls, connector)) => {
+                let client = Mutex::new(client(wire, TlsConnect::new(connector, tls.server_name())));
+                Clients::Tls(TlsClient { tls, client })
+            }
+        };
+        Self { client, uri, wire, compression, headers }
     }
 
     pub fn wire(&self) -> Wire {
@@ -68,15 +129,19 @@ impl Transport {
     }
 
     /// The bytes to send for one encoded `ExportTraceServiceRequest`,
-    /// framed for the wire. Built once per batch; every retry sends the
-    /// same bytes.
+    /// framed (and compressed) for the wire. Built once per batch, on the
+    /// export thread; every retry sends the same bytes.
     pub fn frame(&self, message: Vec<u8>) -> Bytes {
+        let (compressed, message) = match self.compression {
+            Compression::None => (false, message),
+            Compression::Gzip => (true, gzip::compress(&message)),
+        };
         match self.wire {
             Wire::Http => Bytes::from(message),
             Wire::Grpc => {
                 let mut framed = Vec::with_capacity(5 + message.len());
-                // Uncompressed, then the length, big-endian.
-                framed.push(0);
+                // The compressed flag, then the length, big-endian.
+                framed.push(u8::from(compressed));
                 framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
                 framed.extend_from_slice(&message);
                 Bytes::from(framed)
@@ -94,7 +159,7 @@ impl Transport {
             headers.clone_from(&self.headers);
         }
         let request = request.body(Full::new(body)).map_err(|e| TransportError(e.to_string()))?;
-        let response = self.client.request(request).await.map_err(|e| TransportError(format!("{e:?}")))?;
+        let response = self.request(request).await.map_err(|e| TransportError(describe(&e)))?;
         let (parts, body) = response.into_parts();
         // Read to the end: the connection is reused, and gRPC's verdict is
         // in the trailers.
@@ -102,7 +167,11 @@ impl Transport {
         match self.wire {
             Wire::Http => {
                 let retry_after = parts.headers.get(http::header::RETRY_AFTER).cloned();
-                Ok(Reply::Http { status: parts.status, retry_after, body: body.to_bytes() })
+                let mut body = body.to_bytes();
+                if parts.headers.get(http::header::CONTENT_ENCODING).is_some_and(|e| e.as_bytes().eq_ignore_ascii_case(b"gzip")) {
+                    body = gzip::decompress(&body).map(Bytes::from).map_err(|e| TransportError(format!("the response: {e}")))?;
+                }
+                Ok(Reply::Http { status: parts.status, retry_after, body })
             }
             Wire::Grpc if parts.status != StatusCode::OK => {
                 Err(TransportError(format!("collector answered HTTP {} to a gRPC request", parts.status)))
@@ -116,11 +185,97 @@ impl Transport {
                 let message = field("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                 let details = field("grpc-status-details-bin").map(|v| Bytes::copy_from_slice(v.as_bytes()));
                 let body = body.to_bytes();
-                // One message behind its 5-byte prefix (uncompressed, as
-                // nothing asked the collector to compress).
-                let body = if body.len() >= 5 { body.slice(5..) } else { Bytes::new() };
+                // One message behind its 5-byte prefix; its first byte says
+                // whether it is compressed, with the response's
+                // `grpc-encoding`.
+                let body = match body.first() {
+                    None => Bytes::new(),
+                    Some(0) => body.slice(5.min(body.len())..),
+                    Some(_) => {
+                        let encoding = parts.headers.get("grpc-encoding").map(HeaderValue::as_bytes);
+                        if encoding != Some(b"gzip") {
+                            return Err(TransportError("collector answered a compressed message in an encoding not asked for".to_owned()));
+                        }
+                        let message = body.slice(5.min(body.len())..);
+                        gzip::decompress(&message).map(Bytes::from).map_err(|e| TransportError(format!("the response: {e}")))?
+                    }
+                };
                 Ok(Reply::Grpc { code, message, details, body })
             }
         }
+    }
+
+    async fn request(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match &self.client {
+            Clients::Plain(client) => client.request(request).await,
+            Clients::Tls(tls) => {
+                let client = {
+                    let mut current = tls.client.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(connector) = tls.tls.reloaded() {
+                        *current = self::client(self.wire, TlsConnect::new(connector, tls.tls.server_name()));
+                    }
+                    current.clone()
+                };
+                client.request(request).await
+            }
+        }
+    }
+}
+
+fn client<C>(wire: Wire, connector: C) -> Client<C, Full<Bytes>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new()).http2_only(wire == Wire::Grpc).build(connector)
+}
+
+/// hyper-util's error, with its causes (a TLS handshake's reason is two
+/// levels down) on one line.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(wire: Wire, compression: Compression) -> Transport {
+        let mut headers = HeaderMap::new();
+        headers.insert("api-key", HeaderValue::from_static("s3cret-value"));
+        Transport::new("http://127.0.0.1:4317/x".parse().unwrap(), wire, headers, compression, None)
+    }
+
+    #[test]
+    fn debug_never_shows_header_values() {
+        for wire in [Wire::Grpc, Wire::Http] {
+            let shown = format!("{:?}", transport(wire, Compression::Gzip));
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("127.0.0.1:4317"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn grpc_frames_say_whether_they_are_compressed() {
+        let message = b"spans ".repeat(100);
+        let plain = transport(Wire::Grpc, Compression::None).frame(message.clone());
+        assert_eq!(plain[0], 0);
+        assert_eq!(&plain[1..5], &u32::try_from(message.len()).unwrap().to_be_bytes());
+        assert_eq!(&plain[5..], &message[..]);
+        let packed = transport(Wire::Grpc, Compression::Gzip);
+        assert_eq!(packed.headers["grpc-encoding"], "gzip");
+        let packed = packed.frame(message.clone());
+        assert_eq!(packed[0], 1);
+        assert_eq!(u32::from_be_bytes(packed[1..5].try_into().unwrap()) as usize, packed.len() - 5);
+        assert_eq!(gzip::decompress(&packed[5..]).unwrap(), message);
+        let http = transport(Wire::Http, Compression::Gzip);
+        assert_eq!(http.headers[http::header::CONTENT_ENCODING], "gzip");
+        assert_eq!(gzip::decompress(&http.frame(message.clone())).unwrap(), message);
     }
 }
