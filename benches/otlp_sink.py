@@ -7,18 +7,23 @@ bytes and the spans it was sent (by walking the protobuf wire format just far
 enough: ExportTraceServiceRequest.resource_spans(1) -> ResourceSpans.
 scope_spans(2) -> ScopeSpans.spans(2)), so the benchmark can tell how many of
 the proxied requests' spans were really exported. `GET /stats` returns the
-counters as JSON.
+counters as JSON. `bytes` counts what came over the wire, `decoded_bytes` the
+protobuf after gzip (`Content-Encoding: gzip` is decoded, as a collector does).
 
-Usage: otlp_sink.py [--host 127.0.0.1] [--port 4318]
+With --tls-cert and --tls-key it speaks HTTPS only, like a managed backend.
+
+Usage: otlp_sink.py [--host 127.0.0.1] [--port 4318] [--tls-cert PEM --tls-key PEM]
 """
 
 import argparse
+import gzip
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
-STATS = {"requests": 0, "bytes": 0, "spans": 0, "bad_requests": 0}
+STATS = {"requests": 0, "bytes": 0, "decoded_bytes": 0, "gzip_requests": 0, "spans": 0, "bad_requests": 0}
 
 
 def _varint(buf, i):
@@ -73,15 +78,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        wire = self.rfile.read(length) if length else b""
+        gzipped = self.headers.get("Content-Encoding", "").lower() == "gzip"
         try:
+            body = gzip.decompress(wire) if gzipped else wire
             spans = count_spans(body) if self.path == "/v1/traces" else 0
             bad = 0
-        except (ValueError, IndexError):
-            spans, bad = 0, 1
+        except (ValueError, IndexError, OSError, EOFError):
+            body, spans, bad = b"", 0, 1
         with LOCK:
             STATS["requests"] += 1
-            STATS["bytes"] += len(body)
+            STATS["bytes"] += len(wire)
+            STATS["decoded_bytes"] += len(body)
+            STATS["gzip_requests"] += int(gzipped)
             STATS["spans"] += spans
             STATS["bad_requests"] += bad
         status = 200 if self.path == "/v1/traces" else 404
@@ -110,9 +119,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4318)
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     a = p.parse_args()
     server = ThreadingHTTPServer((a.host, a.port), Handler)
     server.daemon_threads = True
+    if a.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

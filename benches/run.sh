@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: a fast upstream reached directly, through nginx,
 # through outrider with telemetry off, and through outrider with tracing
-# (100% sampled, OTLP/HTTP export to a local sink) and metrics on.
+# (100% sampled, OTLP/HTTP export to a local sink over TLS, gzip-compressed,
+# as a managed backend is reached) and metrics on.
 #
 #   bash benches/run.sh            # full run: 3 interleaved rounds (~4 min)
 #   bash benches/run.sh --quick    # smoke run: 1 round of 2 s each (~30 s)
@@ -12,6 +13,8 @@
 #   BENCH_REV=rev ...              # commit to record for that binary, or
 #                                  # when the tree is not a git checkout
 #   BENCH_KEEP_TMP=1 ...           # keep logs and raw wrk output in /tmp
+#   BENCH_EXPORT=plain ...         # outrider-full exports over plain http,
+#                                  # uncompressed (default: https-gzip)
 #
 # Servers (upstream, nginx, outrider) share CPU 0; wrk and the Python
 # clients run on CPU 1. Everything binds 127.0.0.1. Results: a markdown
@@ -60,6 +63,7 @@ OUTRIDER="${BENCH_OUTRIDER_BIN:-$ROOT/$SHIPPED_BIN}"
 UPSTREAM_BIN="$HERE/upstream/target/release/bench-upstream"
 RESULTS="$HERE/results"
 
+BENCH_EXPORT="${BENCH_EXPORT:-https-gzip}"
 log() { printf '\n== [%3ds] %s\n' "$SECONDS" "$*" >&2; }
 die() {
     printf 'run.sh: error: %s\n' "$*" >&2
@@ -170,12 +174,13 @@ forget() {
 }
 
 # wait_http NAME URL [STATUS]: poll until URL answers STATUS (200), at most 15 s.
-wait_http() {
+wait_http() { # NAME URL [STATUS [CURL-OPTIONS...]]
     local name=$1 url=$2 want=${3:-200} code=""
+    local extra=("${@:4}")
     local deadline=$((SECONDS + 15))
     while ((SECONDS < deadline)); do
         kill -0 "${PID_OF[$name]}" 2>/dev/null || die "$name exited during startup (log: $TMP/$name.log)"
-        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)"
+        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${extra[@]}" "$url" || true)"
         [[ "$code" == "$want" ]] && return 0
         sleep 0.01
     done
@@ -193,7 +198,9 @@ outrider_env() { # LISTEN ADMIN TELEMETRY(off|full)
         e+=(OTEL_SDK_DISABLED=true)
     else
         e+=(OTEL_SDK_DISABLED=false OTEL_TRACES_SAMPLER=always_on OTEL_SERVICE_NAME=bench-app
-            OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$P_SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)
+            OTEL_EXPORTER_OTLP_ENDPOINT="$SINK_SCHEME://127.0.0.1:$P_SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)
+        [[ $BENCH_EXPORT == https-gzip ]] &&
+            e+=(OTEL_EXPORTER_OTLP_CERTIFICATE="$TMP/sink-ca.pem" OTEL_EXPORTER_OTLP_COMPRESSION=gzip)
     fi
     printf '%s\n' "${e[@]}"
 }
@@ -206,8 +213,26 @@ wait_http upstream "http://127.0.0.1:$P_UP/"
 # SCHED_IDLE task it runs only while wrk waits, instead of delaying wrk's
 # own measurements: at normal priority (and even at nice 19, which the
 # kernel lets finish its slice) it put a 1.4 ms p99 into outrider-full at c1.
-start sink $CPU_LOAD chrt --idle 0 python3 "$HERE/otlp_sink.py" --port "$P_SINK"
-wait_http sink "http://127.0.0.1:$P_SINK/stats"
+case $BENCH_EXPORT in
+plain) SINK_SCHEME=http SINK_TLS=() ;;
+https-gzip)
+    # A private CA and a certificate for 127.0.0.1, as an in-cluster
+    # collector behind TLS would have.
+    SINK_SCHEME=https SINK_TLS=(--tls-cert "$TMP/sink.pem" --tls-key "$TMP/sink-key.pem")
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+        -keyout "$TMP/sink-ca-key.pem" -out "$TMP/sink-ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+        -keyout "$TMP/sink-key.pem" -out "$TMP/sink.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$TMP/sink.ext"
+    openssl x509 -req -in "$TMP/sink.csr" -CA "$TMP/sink-ca.pem" -CAkey "$TMP/sink-ca-key.pem" -CAcreateserial \
+        -days 2 -extfile "$TMP/sink.ext" -out "$TMP/sink.pem" 2>/dev/null || die "openssl could not make the sink's certificate"
+    ;;
+*) die "BENCH_EXPORT must be plain or https-gzip, not '$BENCH_EXPORT'" ;;
+esac
+SINK_CURL=(--cacert "$TMP/sink-ca.pem")
+[[ $SINK_SCHEME == http ]] && SINK_CURL=()
+start sink $CPU_LOAD chrt --idle 0 python3 "$HERE/otlp_sink.py" --port "$P_SINK" "${SINK_TLS[@]}"
+wait_http sink "$SINK_SCHEME://127.0.0.1:$P_SINK/stats" 200 "${SINK_CURL[@]}"
 
 mkdir -p "$TMP/nginx-temp"
 sed -e "s|@TMP@|$TMP|g" -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKER_CONNECTIONS@|$((NOFILE > 20000 ? 20000 : NOFILE - 64))|g" \
@@ -394,7 +419,7 @@ exported="$(scrape outrider_spans_exported_total)"
 failed="$(scrape 'outrider_spans_dropped_total{reason="export_failed"}')"
 queue_full="$(scrape 'outrider_spans_dropped_total{reason="queue_full"}')"
 rejected="$(scrape 'outrider_spans_dropped_total{reason="rejected"}')"
-sink="$(curl -sS --max-time 5 "http://127.0.0.1:$P_SINK/stats")"
+sink="$(curl -sS --max-time 5 "${SINK_CURL[@]}" "$SINK_SCHEME://127.0.0.1:$P_SINK/stats")"
 cat >"$EXTRAS/spans.json" <<EOF
 {"outrider_spans_ended_total": ${ended:-null}, "outrider_spans_exported_total": ${exported:-null},
  "outrider_spans_dropped_total": {"export_failed": ${failed:-null}, "queue_full": ${queue_full:-null}, "rejected": ${rejected:-null}},
@@ -476,7 +501,7 @@ meta = {
         "order": "each round: c64 against direct, nginx, outrider-off, outrider-full; then c1 in the same order",
         "outrider_access_log": False,
         "nginx_access_log": False,
-        "outrider_full_telemetry": "OTEL_TRACES_SAMPLER=always_on, OTLP http/protobuf to 127.0.0.1:$P_SINK, metrics on",
+        "outrider_full_telemetry": "OTEL_TRACES_SAMPLER=always_on, OTLP http/protobuf to $SINK_SCHEME://127.0.0.1:$P_SINK ($BENCH_EXPORT), metrics on",
     },
 }
 json.dump(meta, open(sys.argv[1], "w"))
