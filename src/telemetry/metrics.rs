@@ -12,7 +12,7 @@
 //! sampled request also leaves its trace as its bucket's exemplar
 //! (see [`super::exemplar`]), exposed in the OpenMetrics format only.
 
-use std::{sync::OnceLock, time::SystemTime};
+use std::{sync::OnceLock, time::Instant};
 
 use http::{Method, Version};
 use prometheus::{
@@ -21,7 +21,7 @@ use prometheus::{
 };
 
 use super::{
-    exemplar::{Exemplar, Slot},
+    exemplar::{Exemplar, Slot, WallClock},
     openmetrics,
 };
 
@@ -100,6 +100,8 @@ pub struct Finished {
     /// outrider's own error kind, when the request ended in one.
     pub error: Option<&'static str>,
     pub seconds: f64,
+    /// When it ended (its duration's end): the exemplar's timestamp.
+    pub end: Instant,
     /// The request's span, when it is sampled and exported: the
     /// exemplar of the bucket the request falls in.
     pub trace: Option<TraceRef>,
@@ -121,6 +123,8 @@ pub struct Metrics {
     /// type then status.
     handles: Box<[OnceLock<ErrorHandles>]>,
     route_labels: Vec<String>,
+    /// Exemplar timestamps.
+    clock: WallClock,
     pub active_requests: IntGauge,
     pub request_body_bytes: IntCounter,
     pub response_body_bytes: IntCounter,
@@ -251,6 +255,7 @@ impl Metrics {
             with_route: !routes.is_empty(),
             handles: (0..slots).map(|_| OnceLock::new()).collect(),
             route_labels,
+            clock: WallClock::new(),
             active_requests: gauge("http_server_active_requests", "Requests being served right now.")?,
             request_body_bytes: counter("outrider_request_body_bytes_total", "Request body bytes received from clients.")?,
             response_body_bytes: counter("outrider_response_body_bytes_total", "Response body bytes sent to clients.")?,
@@ -313,12 +318,11 @@ impl Metrics {
             // bound at or above it, else +Inf.
             let bucket = LATENCY_BUCKETS.iter().position(|b| request.seconds <= *b).unwrap_or(LATENCY_BUCKETS.len());
             let slots = series.exemplars.get_or_init(|| Box::new(std::array::from_fn(|_| Slot::default())));
-            let timestamp_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
             slots[bucket].record(&Exemplar {
                 trace_id: trace.trace_id,
                 span_id: trace.span_id,
                 value: request.seconds,
-                timestamp_ms: u64::try_from(timestamp_ms).unwrap_or(u64::MAX),
+                timestamp_ms: self.clock.millis(request.end),
             });
         }
     }
@@ -359,6 +363,7 @@ impl Metrics {
     /// The OpenMetrics 1.0 exposition, with the request histogram's
     /// exemplars.
     pub fn encode_openmetrics(&self) -> String {
+        self.clock.resync();
         openmetrics::encode(&self.registry.gather(), |family: &MetricFamily, metric: &Metric| {
             if family.name() != DURATION {
                 return None;
@@ -412,7 +417,17 @@ mod tests {
     use super::*;
 
     fn request(method: &Method, version: Version, status: u16, route: Option<usize>, seconds: f64) -> Finished {
-        Finished { method: method_index(method), version, status, route, scheme: "http", error: None, seconds, trace: None }
+        Finished {
+            method: method_index(method),
+            version,
+            status,
+            route,
+            scheme: "http",
+            error: None,
+            seconds,
+            end: Instant::now(),
+            trace: None,
+        }
     }
 
     #[test]

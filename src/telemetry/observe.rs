@@ -254,7 +254,8 @@ impl RequestState {
             self.error_kind = Some("client_closed");
         }
         let observer = self.observer;
-        let elapsed = self.start.elapsed();
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(self.start);
         observer.metrics.active_requests.dec();
         observer.metrics.response_body_bytes.inc_by(self.bytes_out);
         let error_type = self.error_kind.or(if body_error { Some("response_body_aborted") } else { None });
@@ -275,6 +276,7 @@ impl RequestState {
             scheme: observer.options.scheme,
             error: error_type,
             seconds: elapsed.as_secs_f64(),
+            end,
             trace,
         });
         let ids = TraceIds::of(self.span.as_ref());

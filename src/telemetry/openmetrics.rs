@@ -266,6 +266,48 @@ demo_duration_seconds_sum 7.2031
         assert!(label_set.chars().count() <= 128);
     }
 
+    /// Types outrider's registry does not use today, written all the same.
+    #[test]
+    fn summaries_and_untyped() {
+        use prometheus::proto::{LabelPair, Quantile, Summary, Untyped};
+        let mut summary = Summary::default();
+        summary.set_sample_count(4);
+        summary.set_sample_sum(2.5);
+        let mut q = Quantile::default();
+        q.set_quantile(0.5);
+        q.set_value(0.25);
+        summary.set_quantile(vec![q]);
+        let mut label = LabelPair::default();
+        label.set_name("job".into());
+        label.set_value("a".into());
+        let mut m = Metric::from_label(vec![label]);
+        m.set_summary(summary);
+        let mut sf = MetricFamily::default();
+        sf.set_name("demo_wait_seconds".into());
+        sf.set_field_type(MetricType::SUMMARY);
+        sf.set_metric(vec![m]);
+        let mut untyped = Untyped::default();
+        untyped.set_value(f64::NAN);
+        let mut m = Metric::default();
+        m.untyped = Some(untyped).into();
+        m.set_timestamp_ms(1_700_000_000_042);
+        let mut uf = MetricFamily::default();
+        uf.set_name("demo_thing".into());
+        uf.set_field_type(MetricType::UNTYPED);
+        uf.set_metric(vec![m]);
+        let expected = "\
+# TYPE demo_wait_seconds summary
+# UNIT demo_wait_seconds seconds
+demo_wait_seconds{job=\"a\",quantile=\"0.5\"} 0.25
+demo_wait_seconds_count{job=\"a\"} 4
+demo_wait_seconds_sum{job=\"a\"} 2.5
+# TYPE demo_thing unknown
+demo_thing NaN 1700000000.042
+# EOF
+";
+        assert_eq!(encode(&[sf, uf], |_, _| None), expected);
+    }
+
     #[test]
     fn eof_is_last_and_only_once() {
         let text = encode(&registry().gather(), |_, _| None);
