@@ -288,8 +288,7 @@ demo_duration_seconds_sum 7.2031
         sf.set_metric(vec![m]);
         let mut untyped = Untyped::default();
         untyped.set_value(f64::NAN);
-        let mut m = Metric::default();
-        m.untyped = Some(untyped).into();
+        let mut m = Metric { untyped: Some(untyped).into(), ..Default::default() };
         m.set_timestamp_ms(1_700_000_000_042);
         let mut uf = MetricFamily::default();
         uf.set_name("demo_thing".into());
