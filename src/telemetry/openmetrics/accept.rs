@@ -63,7 +63,9 @@ mod tests {
         assert!(wants(&[
             "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
         ]));
-        // Older Prometheus, without exemplar storage, asks text first.
+        // Prometheus 2.30 by default.
+        assert!(wants(&["application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"]));
+        // Text asked for first.
         assert!(!wants(&[
             "application/openmetrics-text;version=1.0.0;q=0.3,text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=0.0.1;q=0.2,*/*;q=0.1"
         ]));
