@@ -293,8 +293,7 @@ impl Metrics {
         let scheme = usize::from(request.scheme == SCHEMES[1]);
         let error = request.error.map_or(0, |kind| 1 + ERROR_TYPES.iter().position(|t| *t == kind).unwrap_or(ERROR_TYPES.len() - 1));
         let status = request.status.clamp(100, 599);
-        let slot = ((route * METHODS.len() + method) * VERSIONS.len() + version) * SCHEMES.len() + scheme;
-        let Some(errors) = self.handles.get(slot) else { return };
+        let Some(errors) = self.handles.get(slot(route, method, version, scheme)) else { return };
         let errors = errors.get_or_init(|| (0..=ERROR_TYPES.len()).map(|_| OnceLock::new()).collect());
         let Some(statuses) = errors.get(error) else { return };
         let statuses = statuses.get_or_init(|| (0..STATUSES).map(|_| OnceLock::new()).collect());
@@ -344,8 +343,7 @@ impl Metrics {
             e if e.is_empty() || e.parse::<u16>().is_ok() => 0,
             e => 1 + ERROR_TYPES.iter().position(|t| *t == e)?,
         };
-        let slot = ((route * METHODS.len() + method) * VERSIONS.len() + version) * SCHEMES.len() + scheme;
-        let errors = self.handles.get(slot)?.get()?;
+        let errors = self.handles.get(slot(route, method, version, scheme))?.get()?;
         let statuses = errors.get(error)?.get()?;
         statuses.get(usize::from(status.checked_sub(100)?))?.get()
     }
@@ -381,6 +379,11 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// The index in `Metrics::handles` of a `(route, method, version, scheme)`.
+fn slot(route: usize, method: usize, version: usize, scheme: usize) -> usize {
+    ((route * METHODS.len() + method) * VERSIONS.len() + version) * SCHEMES.len() + scheme
 }
 
 /// Index of a method in [`METHODS`].
