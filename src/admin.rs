@@ -9,7 +9,8 @@
 //!   outrider is not draining; else 503 with a one-line reason. `?verbose`
 //!   lists each check.
 //! * `GET /startupz`: 200 once the app has been healthy at least once.
-//! * `GET /metrics`: Prometheus text format 0.0.4.
+//! * `GET /metrics`: Prometheus text format 0.0.4, or OpenMetrics 1.0 (with
+//!   exemplars) for a scraper whose `Accept` prefers it.
 //! * `POST /drain` (or `GET`, for the kubelet's `httpGet` hooks, which cannot
 //!   POST): starts the drain and answers once in-flight requests are done.
 //!   Allowed from a loopback peer, or with `Authorization: Bearer <token>`
@@ -37,7 +38,7 @@ use tracing::{info, warn};
 use crate::{
     drain::{Phase, Trigger, Watch},
     health::Health,
-    telemetry::metrics::Metrics,
+    telemetry::{metrics::Metrics, openmetrics},
 };
 
 /// What the admin routes read and drive.
@@ -92,7 +93,7 @@ async fn route(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) ->
                 .unwrap_or_else(|_| text(StatusCode::SERVICE_UNAVAILABLE, "a background task died\n")),
         },
         "/readyz" | "/ready" => readiness(state, req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"))),
-        "/metrics" => metrics(state),
+        "/metrics" => metrics(state, req),
         "/startupz" => {
             if state.health.status().started {
                 text(StatusCode::OK, "started\n")
@@ -128,7 +129,7 @@ fn readiness(state: &AdminState, verbose: bool) -> Response<Full<Bytes>> {
     owned(status, body)
 }
 
-fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+fn metrics(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     // Gauges that mirror state owned elsewhere are set at scrape time.
     let m = state.metrics;
     m.app_ready.set(i64::from(state.health.is_healthy()));
@@ -139,8 +140,17 @@ fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         m.runtime_tasks.set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
     }
-    let mut response = respond(StatusCode::OK, Bytes::from(m.encode()));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    let accept = req.headers().get_all(header::ACCEPT).into_iter().map(HeaderValue::as_bytes);
+    let (body, content_type) = if openmetrics::accept::wants_openmetrics(accept) {
+        (Bytes::from(m.encode_openmetrics()), openmetrics::CONTENT_TYPE)
+    } else {
+        (Bytes::from(m.encode()), "text/plain; version=0.0.4; charset=utf-8")
+    };
+    let mut response = respond(StatusCode::OK, body);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Caches between Prometheus and outrider must not answer one
+    // format's request with the other's.
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
     response
 }
 

@@ -273,9 +273,12 @@ async fn scrape(proxy: &Outrider) -> String {
 async fn metrics_count_exactly_the_requests_sent_and_pass_promtool() {
     let app = App::start().await;
     let proxy = outrider(&app.url()).start().await;
-    let labels_ok = r#"http_request_method="GET",http_response_status_code="200",network_protocol_version="1.1""#;
-    let labels_post = r#"http_request_method="POST",http_response_status_code="200",network_protocol_version="1.1""#;
-    let labels_other = r#"http_request_method="_OTHER",http_response_status_code="200",network_protocol_version="1.1""#;
+    let labels_ok =
+        r#"error_type="",http_request_method="GET",http_response_status_code="200",network_protocol_version="1.1",url_scheme="http""#;
+    let labels_post =
+        r#"error_type="",http_request_method="POST",http_response_status_code="200",network_protocol_version="1.1",url_scheme="http""#;
+    let labels_other =
+        r#"error_type="",http_request_method="_OTHER",http_response_status_code="200",network_protocol_version="1.1",url_scheme="http""#;
     let before = scrape(&proxy).await;
 
     let client = client();
@@ -319,7 +322,15 @@ async fn metrics_count_exactly_the_requests_sent_and_pass_promtool() {
     }
     let text = scrape(&broken).await;
     assert_eq!(sample(&text, "outrider_upstream_errors_total", r#"kind="connect""#), 2.0);
-    assert_eq!(sample(&text, count, r#"http_request_method="GET",http_response_status_code="502",network_protocol_version="1.1""#), 2.0);
+    assert_eq!(
+        sample(
+            &text,
+            count,
+            r#"error_type="connect",http_request_method="GET",http_response_status_code="502",network_protocol_version="1.1",url_scheme="http""#
+        ),
+        2.0,
+        "a dead app's 502 has outrider's error kind: {text}"
+    );
 
     promtool_check(&after);
     promtool_check(&text);
@@ -364,7 +375,7 @@ async fn a_client_that_leaves_before_the_response_is_recorded_as_499() {
     })
     .await;
     drop(stream);
-    let labels = r#"http_request_method="GET",http_response_status_code="499",network_protocol_version="1.1""#;
+    let labels = r#"error_type="client_closed",http_request_method="GET",http_response_status_code="499",network_protocol_version="1.1",url_scheme="http""#;
     eventually("the 499 to be counted", || {
         let proxy = &proxy;
         async move { (sample(&scrape(proxy).await, "http_server_request_duration_seconds_count", labels) == 1.0).then_some(()) }
@@ -464,4 +475,318 @@ async fn the_none_exporter_exports_nothing_but_still_propagates() {
     assert_eq!(proxy.metric("outrider_spans_ended_total").await, Some(0.0), "no export queue");
     assert_eq!(proxy.metric("outrider_spans_exported_total").await, Some(0.0));
     assert!(receiver.spans().is_empty());
+}
+
+/// What Prometheus sends when its exemplar storage is on.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
+/// Scrapes `/metrics` as Prometheus does when it stores exemplars.
+async fn scrape_openmetrics(proxy: &Outrider) -> String {
+    let req = Request::get(proxy.admin_url("/metrics")).header("accept", PROMETHEUS_ACCEPT).body(full("")).unwrap();
+    let (status, headers, body) = send(&client(), req).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// One sample line: its name, its labels (unescaped), and what follows
+/// them (the value, and in OpenMetrics maybe an exemplar).
+fn parse_sample(line: &str) -> (&str, Vec<(String, String)>, &str) {
+    let end = line.find(['{', ' ']).unwrap_or(line.len());
+    let (name, mut rest) = line.split_at(end);
+    let mut labels = Vec::new();
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (label, after) = inner.split_once("=\"").unwrap_or_else(|| panic!("bad labels: {line}"));
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let close = loop {
+                match chars.next() {
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, c)) => value.push(c),
+                        None => panic!("bad escape: {line}"),
+                    },
+                    Some((i, '"')) => break i,
+                    Some((_, c)) => value.push(c),
+                    None => panic!("unterminated label value: {line}"),
+                }
+            };
+            labels.push((label.trim_start_matches(',').to_owned(), value));
+            inner = &after[close + 1..];
+        }
+    }
+    (name, labels, rest.trim_start())
+}
+
+/// An exemplar on a bucket of the request histogram, with its bucket.
+#[derive(Debug)]
+struct BucketExemplar {
+    /// The series' labels, `le` left out.
+    series: Vec<(String, String)>,
+    /// The bucket: (lower bound, exclusive; upper bound, inclusive).
+    bucket: (f64, f64),
+    trace_id: String,
+    span_id: String,
+    value: f64,
+    timestamp: f64,
+}
+
+fn exemplars(openmetrics: &str) -> Vec<BucketExemplar> {
+    let mut found = Vec::new();
+    let mut previous: Option<(Vec<(String, String)>, f64)> = None;
+    for line in openmetrics.lines().filter(|l| l.starts_with("http_server_request_duration_seconds_bucket{")) {
+        let (_, mut series, rest) = parse_sample(line);
+        let (_, le) = series.pop().filter(|(name, _)| name == "le").unwrap_or_else(|| panic!("le is not the last label: {line}"));
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+        let lower = match &previous {
+            Some((s, bound)) if *s == series => *bound,
+            _ => f64::NEG_INFINITY,
+        };
+        previous = Some((series.clone(), le));
+        let Some((_, exemplar)) = rest.split_once(" # ") else { continue };
+        let (_, ids, rest) = parse_sample(exemplar);
+        let id = |name: &str| ids.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        assert_eq!(ids.len(), 2, "{line}");
+        let (value, timestamp) = rest.split_once(' ').unwrap_or_else(|| panic!("an exemplar without a timestamp: {line}"));
+        found.push(BucketExemplar {
+            series,
+            bucket: (lower, le),
+            trace_id: id("trace_id"),
+            span_id: id("span_id"),
+            value: value.parse().unwrap(),
+            timestamp: timestamp.parse().unwrap(),
+        });
+    }
+    found
+}
+
+/// The series names and labels of an exposition, values left out.
+fn series_of(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, labels, _) = parse_sample(l);
+            format!("{name}{labels:?}")
+        })
+        .collect()
+}
+
+/// The OpenMetrics exposition as text format 0.0.4, for promtool, which
+/// reads only that: exemplars, `# UNIT` and `# EOF` left out, counter
+/// families named with their `_total` again.
+fn openmetrics_as_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut text = String::new();
+    for line in openmetrics.lines().filter(|l| *l != "# EOF" && !l.starts_with("# UNIT ")) {
+        let line = match ["# TYPE ", "# HELP "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?))) {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap();
+                let total = if counters.contains(&name) { "_total" } else { "" };
+                format!("{prefix}{name}{total} {}", tail.replace("\\\"", "\""))
+            }
+            None => line.split(" # {").next().unwrap().to_owned(),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Parses `text` with the OpenMetrics reference parser (the Python
+/// client's: strict about `# EOF`, names, types, counters' `_total`,
+/// buckets, exemplars and their length) when it is installed; CI installs
+/// it and sets CI=true, which makes its absence a failure there.
+fn openmetrics_check(text: &str) {
+    use std::io::Write;
+    const SCRIPT: &str = "import sys
+try:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+except ImportError:
+    sys.exit(3)
+for family in text_string_to_metric_families(sys.stdin.read()):
+    pass
+";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.code() == Some(3) {
+        assert!(std::env::var("CI").is_err(), "the Python prometheus-client (OpenMetrics parser) is required in CI");
+        eprintln!("prometheus-client for Python not installed: skipping the OpenMetrics parser check (CI runs it)");
+        return;
+    }
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the OpenMetrics parser refused the exposition:\n{report}\n{text}");
+}
+
+fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// Prometheus's default `Accept` gets OpenMetrics, whose request histogram
+/// carries exemplars: each names a trace the collector received, the span
+/// of the request it stands for, in the bucket of its own value. The
+/// semconv labels `url_scheme` and `error_type` say how each request ended.
+/// Both expositions pass their parsers.
+#[tokio::test(flavor = "multi_thread")]
+async fn openmetrics_exemplars_link_latency_to_exported_traces() {
+    let receiver = Receiver::grpc().await;
+    let app = App::start().await;
+    let proxy = traced(&app, &format!("http://{}", receiver.addr), "grpc").env("OUTRIDER_REQUEST_TIMEOUT", "300ms").start().await;
+    let client = client();
+    for i in 0..6 {
+        assert_eq!(send(&client, Request::get(proxy.url(&format!("/x/{i}"))).body(full("")).unwrap()).await.unwrap().0, 200);
+    }
+    for ms in [30, 120] {
+        assert_eq!(send(&client, Request::get(proxy.url(&format!("/slow/{ms}"))).body(full("")).unwrap()).await.unwrap().0, 200);
+    }
+    assert_eq!(send(&client, Request::get(proxy.url("/slow/5000")).body(full("")).unwrap()).await.unwrap().0, 504);
+    // Unsampled by its caller: its span is not exported, so it must not be
+    // an exemplar, though it is the latest request in its bucket.
+    let unsampled = "11111111111111111111111111111111";
+    let req = Request::get(proxy.url("/x/unsampled")).header("traceparent", format!("00-{unsampled}-2222222222222222-00")).body(full(""));
+    assert_eq!(send(&client, req.unwrap()).await.unwrap().0, 200);
+    let timed_out = receiver.wait_for("the 504's span", |s| s.attr("url.path").as_deref() == Some("/slow/5000")).await;
+    export_settled(&proxy, &receiver).await;
+
+    let om = scrape_openmetrics(&proxy).await;
+    let spans = receiver.spans();
+    let found = exemplars(&om);
+    assert!(!found.is_empty(), "no exemplar on the request histogram:\n{om}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for e in &found {
+        let span =
+            spans.iter().find(|s| s.trace_id() == e.trace_id).unwrap_or_else(|| panic!("{e:?} names a trace the collector never got"));
+        assert_eq!(span.span_id(), e.span_id, "{e:?}");
+        assert!(e.bucket.0 < e.value && e.value <= e.bucket.1, "the exemplar's value is outside its bucket: {e:?}");
+        assert!((now - 600.0..=now + 1.0).contains(&e.timestamp), "not a recent wall-clock time: {e:?}");
+        assert_eq!(label(&e.series, "url_scheme"), Some("http"), "{e:?}");
+    }
+    assert!(found.iter().all(|e| e.trace_id != unsampled), "an unsampled request became an exemplar");
+    let ok: Vec<_> = found.iter().filter(|e| label(&e.series, "http_response_status_code") == Some("200")).collect();
+    assert!(!ok.is_empty() && ok.iter().all(|e| label(&e.series, "error_type") == Some("")), "{found:?}");
+    let failed: Vec<_> = found.iter().filter(|e| label(&e.series, "error_type") == Some("timeout")).collect();
+    assert_eq!(failed.len(), 1, "one exemplar for the one 504: {found:?}");
+    assert_eq!(
+        (failed[0].trace_id.as_str(), label(&failed[0].series, "http_response_status_code")),
+        (timed_out.trace_id().as_str(), Some("504"))
+    );
+    assert!(failed[0].value >= 0.3, "the 504 came after the 300 ms request timeout: {:?}", failed[0]);
+
+    // The same series in both formats, and both pass their checkers.
+    let text = scrape(&proxy).await;
+    assert!(!text.contains("trace_id"), "the text format cannot carry exemplars");
+    assert_eq!(series_of(&openmetrics_as_text(&om)), series_of(&text));
+    openmetrics_check(&om);
+    promtool_check(&openmetrics_as_text(&om));
+    promtool_check(&text);
+
+    // A dead app: 502, with outrider's error kind.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let broken = traced(&App::start().await, &format!("http://{}", receiver.addr), "grpc")
+        .env("OUTRIDER_UPSTREAM", &format!("http://{down}"))
+        .env("OUTRIDER_BUFFER_TIMEOUT", "0")
+        .start()
+        .await;
+    assert_eq!(get(&broken.url("/")).await.unwrap().0, 502);
+    let dead = receiver.wait_for("the 502's span", |s| s.attr("http.response.status_code").as_deref() == Some("502")).await;
+    let om = scrape_openmetrics(&broken).await;
+    let labels = r#"error_type="connect",http_request_method="GET",http_response_status_code="502",network_protocol_version="1.1",url_scheme="http""#;
+    assert_eq!(sample(&om, "http_server_request_duration_seconds_count", labels), 1.0, "{om}");
+    let found = exemplars(&om);
+    assert_eq!(found.len(), 1, "{om}");
+    assert_eq!((found[0].trace_id.as_str(), label(&found[0].series, "error_type")), (dead.trace_id().as_str(), Some("connect")));
+    openmetrics_check(&om);
+}
+
+/// Requests whose spans are not sampled leave no exemplar.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsampled_requests_leave_no_exemplar() {
+    let receiver = Receiver::grpc().await;
+    let app = App::start().await;
+    let proxy = traced(&app, &format!("http://{}", receiver.addr), "grpc").env("OTEL_TRACES_SAMPLER", "always_off").start().await;
+    for i in 0..5 {
+        assert_eq!(get(&proxy.url(&format!("/n/{i}"))).await.unwrap().0, 200);
+    }
+    let labels =
+        r#"error_type="",http_request_method="GET",http_response_status_code="200",network_protocol_version="1.1",url_scheme="http""#;
+    let om = eventually("the requests to be counted", || {
+        let proxy = &proxy;
+        async move {
+            let om = scrape_openmetrics(proxy).await;
+            (sample(&om, "http_server_request_duration_seconds_count", labels) == 5.0).then_some(om)
+        }
+    })
+    .await;
+    assert!(exemplars(&om).is_empty() && !om.contains(" # {"), "{om}");
+    openmetrics_check(&om);
+}
+
+/// Every family `/metrics` serves has its row in the metric table of
+/// docs/observability.md, naming each of its labels, and every row is
+/// served: the table cannot fall behind the code.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docs_metric_table_lists_every_served_family_and_label() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_ROUTES", "/r/{id}").start().await;
+    // The request histogram has series once a request was recorded.
+    assert_eq!(get(&proxy.url("/r/1")).await.unwrap().0, 200);
+    let text = eventually("the request to be recorded", || {
+        let proxy = &proxy;
+        async move { Some(scrape(proxy).await).filter(|t| t.contains("http_server_request_duration_seconds_count{")) }
+    })
+    .await;
+
+    let mut served: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            served.entry(rest.split(' ').next().unwrap().to_owned()).or_default();
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (name, labels, _) = parse_sample(line);
+            let family = served.keys().filter(|f| name.starts_with(f.as_str())).max_by_key(|f| f.len()).unwrap().clone();
+            served.get_mut(&family).unwrap().extend(labels.into_iter().map(|(n, _)| n).filter(|n| n != "le" && n != "quantile"));
+        }
+    }
+
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/observability.md")).unwrap();
+    let section = doc.split_once("\n## Metrics\n").unwrap().1;
+    let section = section.split("\n#").next().unwrap();
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells[1].trim_matches('`').to_owned(), cells[3].to_owned())
+        })
+        .collect();
+    assert!(rows.len() > 10, "no metric table found in docs/observability.md's Metrics section");
+    let row = |family: &str| {
+        rows.iter().find(|(name, _)| name == family || name.strip_suffix('*').is_some_and(|prefix| family.starts_with(prefix)))
+    };
+    for (family, labels) in &served {
+        let (name, documented) =
+            row(family).unwrap_or_else(|| panic!("{family} is served but missing from docs/observability.md's metric table"));
+        if !name.ends_with('*') {
+            for label in labels {
+                assert!(
+                    documented.contains(&format!("`{label}`")),
+                    "docs/observability.md: the row of {family} does not name its label `{label}`"
+                );
+            }
+        }
+    }
+    for (name, _) in rows.iter().filter(|(name, _)| !name.ends_with('*')) {
+        assert!(served.contains_key(name), "docs/observability.md lists {name}, which /metrics does not serve");
+    }
 }

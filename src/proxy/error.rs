@@ -50,6 +50,22 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Every kind of failure, for the telemetry that lists their labels.
+    pub const ALL: [Self; 12] = [
+        Self::ConnectRefused,
+        Self::ConnectTimeout,
+        Self::Timeout,
+        Self::Reset,
+        Self::Protocol,
+        Self::ClientAborted,
+        Self::MethodNotAllowed,
+        Self::Unavailable,
+        Self::Overloaded,
+        Self::PayloadTooLarge,
+        Self::RequestBodyTimeout,
+        Self::ResponseBodyTimeout,
+    ];
+
     /// Classifies an error from the upstream client by walking its source
     /// chain; never by matching strings. `None` when nothing in the chain
     /// tells.
@@ -231,21 +247,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_its_status_and_a_distinct_label() {
-        use ProxyError::*;
-        let all = [
-            ConnectRefused,
-            ConnectTimeout,
-            Timeout,
-            Reset,
-            Protocol,
-            ClientAborted,
-            MethodNotAllowed,
-            Unavailable,
-            Overloaded,
-            PayloadTooLarge,
-            RequestBodyTimeout,
-            ResponseBodyTimeout,
-        ];
+        let all = ProxyError::ALL;
         let statuses: Vec<u16> = all.iter().map(|e| e.status().as_u16()).collect();
         assert_eq!(statuses, [502, 504, 504, 502, 502, 400, 405, 503, 503, 413, 408, 504]);
         for e in all {

@@ -4,16 +4,25 @@
 //!
 //! The request histogram's labels are bounded by construction: ten method
 //! values (the nine standard ones and `_OTHER`), three protocol versions,
-//! status codes 100–599, and the configured route templates. Each
-//! combination's handle is created on first use and cached in a lock-free
-//! table, so recording a request is an index computation and an atomic
-//! add: no hashing, no lock, no allocation.
+//! two schemes, status codes 100–599, the error types of
+//! [`ERROR_TYPES`] (or the status code of a 5xx), and the configured
+//! route templates. Each combination's handle is created on first use and
+//! cached in lock-free tables, so recording a request is an index
+//! computation and atomic adds: no hashing, no lock, no allocation. A
+//! sampled request also leaves its trace as its bucket's exemplar
+//! (see [`super::exemplar`]), exposed in the OpenMetrics format only.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Instant};
 
 use http::{Method, Version};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{LabelPair, Metric, MetricFamily},
+};
+
+use super::{
+    exemplar::{Exemplar, Slot, WallClock},
+    openmetrics,
 };
 
 /// Methods with their own label value; everything else is `_OTHER`, as the
@@ -21,6 +30,31 @@ use prometheus::{
 pub const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER"];
 const VERSIONS: [&str; 3] = ["1.0", "1.1", "2"];
 const STATUSES: usize = 500;
+const DURATION: &str = "http_server_request_duration_seconds";
+
+/// `url_scheme` values: the listener's scheme.
+pub const SCHEMES: [&str; 2] = ["http", "https"];
+
+/// `error_type` values for a request that ended in one of outrider's own
+/// error kinds: every kind the proxy (`ProxyError::kind`) and the request
+/// layer produce, and `_OTHER` for a kind missing here. Without a kind the
+/// label is the status code of a 5xx response, and empty otherwise.
+pub const ERROR_TYPES: [&str; 14] = [
+    "connect",
+    "timeout",
+    "reset",
+    "protocol",
+    "unavailable",
+    "overloaded",
+    "client_aborted",
+    "method_not_allowed",
+    "payload_too_large",
+    "request_body_timeout",
+    "response_body_timeout",
+    "client_closed",
+    "response_body_aborted",
+    "_OTHER",
+];
 
 /// Upstream failure kinds, in `outrider_upstream_errors_total{kind}`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "protocol", "unavailable"];
@@ -46,17 +80,57 @@ pub const SPAN_DROP_REASONS: [&str; 3] = ["queue_full", "rejected", "export_fail
 /// millisecond, legacy apps take seconds; both ends need resolution.
 const LATENCY_BUCKETS: [f64; 16] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-/// One histogram handle per status code 100–599, created on first use.
-type StatusHandles = Box<[OnceLock<Histogram>]>;
+/// One series of the request histogram, and the latest exemplar of each
+/// of its buckets (`+Inf` last), allocated with its first exemplar.
+struct Series {
+    histogram: Histogram,
+    exemplars: OnceLock<Box<[Slot; LATENCY_BUCKETS.len() + 1]>>,
+}
+
+/// One series per status code 100–599, created on first use.
+type StatusHandles = Box<[OnceLock<Series>]>;
+/// Per error type (none first, then [`ERROR_TYPES`]), created on first use.
+type ErrorHandles = Box<[OnceLock<StatusHandles>]>;
+
+/// A finished request, as the request histogram records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// Index in [`METHODS`].
+    pub method: usize,
+    pub version: Version,
+    pub status: u16,
+    /// Index of the matched route template.
+    pub route: Option<usize>,
+    /// `url.scheme`, one of [`SCHEMES`].
+    pub scheme: &'static str,
+    /// outrider's own error kind, when the request ended in one.
+    pub error: Option<&'static str>,
+    pub seconds: f64,
+    /// When it ended (its duration's end): the exemplar's timestamp.
+    pub end: Instant,
+    /// The request's span, when it is sampled and exported: the
+    /// exemplar of the bucket the request falls in.
+    pub trace: Option<TraceRef>,
+}
+
+/// A span's ids, as bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceRef {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
 
 /// Every metric outrider exports.
 pub struct Metrics {
     registry: Registry,
     duration: HistogramVec,
     with_route: bool,
-    /// `(route, method, version)` → lazily built per-status handle table.
-    handles: Box<[OnceLock<StatusHandles>]>,
+    /// `(route, method, version, scheme)` → lazily built tables, by error
+    /// type then status.
+    handles: Box<[OnceLock<ErrorHandles>]>,
     route_labels: Vec<String>,
+    /// Exemplar timestamps.
+    clock: WallClock,
     pub active_requests: IntGauge,
     pub request_body_bytes: IntCounter,
     pub response_body_bytes: IntCounter,
@@ -95,12 +169,12 @@ impl Metrics {
     /// Only on a duplicate registration, which would be a bug.
     pub fn new(routes: &[&str], version: &str, commit: &str) -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let mut labels = vec!["http_request_method", "http_response_status_code", "network_protocol_version"];
+        let mut labels = vec!["http_request_method", "http_response_status_code", "network_protocol_version", "url_scheme", "error_type"];
         if !routes.is_empty() {
             labels.push("http_route");
         }
         let duration = HistogramVec::new(
-            HistogramOpts::new("http_server_request_duration_seconds", "Duration of HTTP server requests, until the response body ends.")
+            HistogramOpts::new(DURATION, "Duration of HTTP server requests, until the response body ends.")
                 .buckets(LATENCY_BUCKETS.to_vec()),
             &labels,
         )?;
@@ -190,12 +264,13 @@ impl Metrics {
         let mut route_labels: Vec<String> = routes.iter().map(|r| (*r).to_owned()).collect();
         // Unmatched paths share one label value, which keeps it bounded.
         route_labels.push(String::new());
-        let slots = route_labels.len() * METHODS.len() * VERSIONS.len();
+        let slots = route_labels.len() * METHODS.len() * VERSIONS.len() * SCHEMES.len();
         Ok(Self {
             duration,
             with_route: !routes.is_empty(),
             handles: (0..slots).map(|_| OnceLock::new()).collect(),
             route_labels,
+            clock: WallClock::new(),
             active_requests: gauge("http_server_active_requests", "Requests being served right now.")?,
             request_body_bytes: counter("outrider_request_body_bytes_total", "Request body bytes received from clients.")?,
             response_body_bytes: counter("outrider_response_body_bytes_total", "Response body bytes sent to clients.")?,
@@ -222,25 +297,67 @@ impl Metrics {
         })
     }
 
-    /// Records one finished request.
-    pub fn record_request(&self, method: usize, version: Version, status: u16, route: Option<usize>, seconds: f64) {
-        let version = version_index(version);
-        let route = route.unwrap_or(self.route_labels.len() - 1);
-        let slot = (route * METHODS.len() + method.min(METHODS.len() - 1)) * VERSIONS.len() + version;
-        let Some(table) = self.handles.get(slot) else { return };
-        let table = table.get_or_init(|| (0..STATUSES).map(|_| OnceLock::new()).collect());
-        let status = status.clamp(100, 599);
-        let Some(handle) = table.get(usize::from(status - 100)) else { return };
-        handle
-            .get_or_init(|| {
-                let status = status.to_string();
-                let mut values = vec![METHODS[method.min(METHODS.len() - 1)], status.as_str(), VERSIONS[version]];
-                if self.with_route {
-                    values.push(self.route_labels[route].as_str());
-                }
-                self.duration.with_label_values(&values)
-            })
-            .observe(seconds);
+    /// Records one finished request, and its exemplar when it has a trace.
+    pub fn record_request(&self, request: &Finished) {
+        let method = request.method.min(METHODS.len() - 1);
+        let version = version_index(request.version);
+        let route = request.route.unwrap_or(self.route_labels.len() - 1);
+        let scheme = usize::from(request.scheme == SCHEMES[1]);
+        let error = request.error.map_or(0, |kind| 1 + ERROR_TYPES.iter().position(|t| *t == kind).unwrap_or(ERROR_TYPES.len() - 1));
+        let status = request.status.clamp(100, 599);
+        let Some(errors) = self.handles.get(slot(route, method, version, scheme)) else { return };
+        let errors = errors.get_or_init(|| (0..=ERROR_TYPES.len()).map(|_| OnceLock::new()).collect());
+        let Some(statuses) = errors.get(error) else { return };
+        let statuses = statuses.get_or_init(|| (0..STATUSES).map(|_| OnceLock::new()).collect());
+        let Some(series) = statuses.get(usize::from(status - 100)) else { return };
+        let series = series.get_or_init(|| {
+            let status = status.to_string();
+            let error = match error {
+                0 if request.status >= 500 => status.as_str(),
+                0 => "",
+                i => ERROR_TYPES[i - 1],
+            };
+            let mut values = vec![METHODS[method], status.as_str(), VERSIONS[version], SCHEMES[scheme], error];
+            if self.with_route {
+                values.push(self.route_labels[route].as_str());
+            }
+            Series { histogram: self.duration.with_label_values(&values), exemplars: OnceLock::new() }
+        });
+        series.histogram.observe(request.seconds);
+        if let Some(trace) = &request.trace {
+            // The bucket Histogram::observe counts the value in: the first
+            // bound at or above it, else +Inf.
+            let bucket = LATENCY_BUCKETS.iter().position(|b| request.seconds <= *b).unwrap_or(LATENCY_BUCKETS.len());
+            let slots = series.exemplars.get_or_init(|| Box::new(std::array::from_fn(|_| Slot::default())));
+            slots[bucket].record(&Exemplar {
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
+                value: request.seconds,
+                timestamp_ms: self.clock.millis(request.end),
+            });
+        }
+    }
+
+    /// The series of the request histogram with these labels, if it has
+    /// been created: the table indices, computed back from the values.
+    fn series(&self, labels: &[LabelPair]) -> Option<&Series> {
+        let value = |name: &str| labels.iter().find(|l| l.name() == name).map(LabelPair::value);
+        let position = |values: &[&str], v: Option<&str>| v.and_then(|v| values.iter().position(|x| *x == v));
+        let method = position(&METHODS, value("http_request_method"))?;
+        let version = position(&VERSIONS, value("network_protocol_version"))?;
+        let scheme = position(&SCHEMES, value("url_scheme"))?;
+        let route = match value("http_route") {
+            Some(route) => self.route_labels.iter().position(|r| r == route)?,
+            None => self.route_labels.len() - 1,
+        };
+        let status: u16 = value("http_response_status_code")?.parse().ok()?;
+        let error = match value("error_type")? {
+            e if e.is_empty() || e.parse::<u16>().is_ok() => 0,
+            e => 1 + ERROR_TYPES.iter().position(|t| *t == e)?,
+        };
+        let errors = self.handles.get(slot(route, method, version, scheme))?.get()?;
+        let statuses = errors.get(error)?.get()?;
+        statuses.get(usize::from(status.checked_sub(100)?))?.get()
     }
 
     /// The refused-request counter for the error kind `kind`, if it is one.
@@ -253,6 +370,19 @@ impl Metrics {
         UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind).map(|i| &self.upstream_errors[i])
     }
 
+    /// The OpenMetrics 1.0 exposition, with the request histogram's
+    /// exemplars.
+    pub fn encode_openmetrics(&self) -> String {
+        self.clock.resync();
+        openmetrics::encode(&self.registry.gather(), |family: &MetricFamily, metric: &Metric| {
+            if family.name() != DURATION {
+                return None;
+            }
+            let slots = self.series(metric.get_label())?.exemplars.get()?;
+            Some(&slots[..])
+        })
+    }
+
     /// The text exposition format (0.0.4).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -261,6 +391,11 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// The index in `Metrics::handles` of a `(route, method, version, scheme)`.
+fn slot(route: usize, method: usize, version: usize, scheme: usize) -> usize {
+    ((route * METHODS.len() + method) * VERSIONS.len() + version) * SCHEMES.len() + scheme
 }
 
 /// Index of a method in [`METHODS`].
@@ -296,19 +431,82 @@ pub fn version_label(version: Version) -> &'static str {
 mod tests {
     use super::*;
 
+    fn request(method: &Method, version: Version, status: u16, route: Option<usize>, seconds: f64) -> Finished {
+        Finished {
+            method: method_index(method),
+            version,
+            status,
+            route,
+            scheme: "http",
+            error: None,
+            seconds,
+            end: Instant::now(),
+            trace: None,
+        }
+    }
+
     #[test]
     fn records_into_bounded_labels() {
         let m = Metrics::new(&["/users/{id}"], "0.0.0", "abc").unwrap();
-        m.record_request(method_index(&Method::GET), Version::HTTP_11, 200, Some(0), 0.01);
-        m.record_request(method_index(&Method::from_bytes(b"BREW").unwrap()), Version::HTTP_2, 418, None, 0.02);
+        m.record_request(&request(&Method::GET, Version::HTTP_11, 200, Some(0), 0.01));
+        m.record_request(&request(&Method::from_bytes(b"BREW").unwrap(), Version::HTTP_2, 418, None, 0.02));
+        m.record_request(&Finished {
+            scheme: "https",
+            error: Some("timeout"),
+            ..request(&Method::GET, Version::HTTP_11, 504, Some(0), 0.2)
+        });
+        m.record_request(&request(&Method::POST, Version::HTTP_11, 500, None, 0.2));
+        m.record_request(&Finished { error: Some("no_such_kind"), ..request(&Method::GET, Version::HTTP_11, 200, None, 0.1) });
         let text = String::from_utf8(m.encode()).unwrap();
         assert!(text.contains(
-            r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",network_protocol_version="1.1"} 1"#
+            r#"http_server_request_duration_seconds_count{error_type="",http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",network_protocol_version="1.1",url_scheme="http"} 1"#
         ), "{text}");
         assert!(
-            text.contains(r#"http_request_method="_OTHER",http_response_status_code="418",http_route="",network_protocol_version="2"} 1"#),
+            text.contains(r#"{error_type="",http_request_method="_OTHER",http_response_status_code="418",http_route="",network_protocol_version="2",url_scheme="http"} 1"#),
             "{text}"
         );
+        assert!(
+            text.contains(r#"{error_type="timeout",http_request_method="GET",http_response_status_code="504",http_route="/users/{id}",network_protocol_version="1.1",url_scheme="https"} 1"#),
+            "outrider's own error kind: {text}"
+        );
+        assert!(
+            text.contains(r#"_count{error_type="500",http_request_method="POST",http_response_status_code="500""#),
+            "a 5xx of the app: {text}"
+        );
+        assert!(text.contains(r#"_count{error_type="_OTHER",http_request_method="GET",http_response_status_code="200""#), "{text}");
         assert!(text.contains(r#"outrider_build_info{commit="abc",version="0.0.0"} 1"#));
+    }
+
+    #[test]
+    fn every_error_kind_of_the_proxy_has_its_own_error_type() {
+        for kind in crate::proxy::ProxyError::ALL.map(crate::proxy::ProxyError::kind) {
+            assert!(ERROR_TYPES.contains(&kind), "{kind} is missing from ERROR_TYPES");
+        }
+    }
+
+    #[test]
+    fn a_traced_request_is_its_buckets_exemplar_in_openmetrics_only() {
+        let m = Metrics::new(&[], "0.0.0", "abc").unwrap();
+        let trace = TraceRef { trace_id: [0xab; 16], span_id: [0xcd; 8] };
+        m.record_request(&Finished { trace: Some(trace), ..request(&Method::GET, Version::HTTP_11, 200, None, 0.003) });
+        m.record_request(&Finished { trace: Some(trace), ..request(&Method::GET, Version::HTTP_11, 200, None, 90.0) });
+        m.record_request(&request(&Method::GET, Version::HTTP_11, 200, None, 0.02));
+        let om = m.encode_openmetrics();
+        let labels =
+            r#"error_type="",http_request_method="GET",http_response_status_code="200",network_protocol_version="1.1",url_scheme="http""#;
+        let ids = format!(r#"# {{trace_id="{}",span_id="{}"}}"#, "ab".repeat(16), "cd".repeat(8));
+        let line = |le: &str| {
+            om.lines().find(|l| l.starts_with(&format!("http_server_request_duration_seconds_bucket{{{labels},le=\"{le}\"}}"))).unwrap()
+        };
+        assert!(
+            line("0.005").starts_with(&format!("http_server_request_duration_seconds_bucket{{{labels},le=\"0.005\"}} 1 {ids} 0.003 ")),
+            "{om}"
+        );
+        assert!(line("+Inf").contains(&format!("3 {ids} 90 ")), "{om}");
+        assert!(!line("0.025").contains('#'), "an untraced request leaves no exemplar: {om}");
+        assert!(!line("0.0025").contains('#'), "{om}");
+        assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains("# TYPE outrider_connections counter\n"));
+        assert!(!String::from_utf8(m.encode()).unwrap().contains("trace_id"), "the text format has no exemplars");
     }
 }

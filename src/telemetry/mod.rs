@@ -53,8 +53,10 @@ pub fn init_logging(filter: &str, format: Format) -> anyhow::Result<tracing_appe
 
 mod batch;
 mod env;
+mod exemplar;
 pub mod metrics;
 pub mod observe;
+pub mod openmetrics;
 pub mod otel;
 // Public (and hidden) only for the fuzz target fuzz/fuzz_targets/otlp.rs,
 // which checks the encoder against opentelemetry-proto.

@@ -33,7 +33,7 @@ use opentelemetry_sdk::trace::{SdkTracer, Span};
 use tracing::{info, warn};
 
 use super::{
-    metrics::{METHODS, Metrics, method_index, version_label},
+    metrics::{Finished, METHODS, Metrics, TraceRef, method_index, version_label},
     otel::Tracing,
     propagation::{self, Format, Propagators, hex_into},
     routes::Routes,
@@ -299,14 +299,34 @@ impl RequestState {
             self.error_kind = Some("client_closed");
         }
         let observer = self.observer;
-        let elapsed = self.start.elapsed();
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(self.start);
         observer.metrics.active_requests.dec();
         observer.metrics.response_body_bytes.inc_by(self.bytes_out);
-        observer.metrics.record_request(self.method, self.version, self.status, self.route, elapsed.as_secs_f64());
+        let error_type = self.error_kind.or(if body_error { Some("response_body_aborted") } else { None });
+        // A sampled span that is exported becomes its bucket's exemplar;
+        // without an exporter there is no trace for it to link to.
+        let trace = match &self.span {
+            Some(span) if span.span_context().is_sampled() && observer.tracing.exporting() => {
+                let sc = span.span_context();
+                Some(TraceRef { trace_id: sc.trace_id().to_bytes(), span_id: sc.span_id().to_bytes() })
+            }
+            _ => None,
+        };
+        observer.metrics.record_request(&Finished {
+            method: self.method,
+            version: self.version,
+            status: self.status,
+            route: self.route,
+            scheme: observer.options.scheme,
+            error: error_type,
+            seconds: elapsed.as_secs_f64(),
+            end,
+            trace,
+        });
         let ids = TraceIds::of(self.span.as_ref());
         if let Some(span) = &mut self.span {
             span.set_attribute(KeyValue::new("http.response.status_code", i64::from(self.status)));
-            let error_type = self.error_kind.or(if body_error { Some("response_body_aborted") } else { None });
             if let Some(kind) = error_type {
                 span.set_attribute(KeyValue::new("error.type", kind));
             } else if self.status >= 500 {

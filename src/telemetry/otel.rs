@@ -182,6 +182,11 @@ impl Tracing {
         Ok(Self { tracer: Some(tracer), provider: Some(provider), destination, exporting, propagators })
     }
 
+    /// True when spans are exported (an OTLP endpoint is configured).
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
     /// Exports what is queued, waiting at most `timeout`. Blocking: call
     /// from a blocking context.
     pub fn shutdown(&self, timeout: Duration) {

@@ -162,6 +162,8 @@ async fn pod_mode_probes_metrics_and_a_trace() {
     assert!(
         metrics.lines().any(|l| l.starts_with("http_server_request_duration_seconds_count{")
             && l.contains(r#"http_response_status_code="200""#)
+            && l.contains(r#"error_type="""#)
+            && l.contains(r#"url_scheme="http""#)
             && l.ends_with(" 1")),
         "the request is not in /metrics:\n{metrics}"
     );
