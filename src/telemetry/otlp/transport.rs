@@ -47,6 +47,18 @@ pub enum Reply {
     Grpc { code: u32, message: String, details: Option<Bytes>, body: Bytes },
 }
 
+/// gRPC's mapping of an HTTP status that is not 200 to a gRPC code.
+fn grpc_code_of_http(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
 /// The attempt got no answer: connection refused or reset, TLS failure,
 /// a malformed response.
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +185,16 @@ impl Transport {
                 }
                 Ok(Reply::Http { status: parts.status, retry_after, body })
             }
-            Wire::Grpc if parts.status != StatusCode::OK => {
-                Err(TransportError(format!("collector answered HTTP {} to a gRPC request", parts.status)))
-            }
+            // Not a gRPC answer (a proxy in the way, or an HTTP/2 server
+            // that is not the collector): the gRPC status it stands for, as
+            // gRPC's "HTTP to gRPC status code mapping" gives it, so that a
+            // 404 is final and a 503 is retried.
+            Wire::Grpc if parts.status != StatusCode::OK => Ok(Reply::Grpc {
+                code: grpc_code_of_http(parts.status),
+                message: format!("collector answered HTTP {} to a gRPC request", parts.status),
+                details: None,
+                body: Bytes::new(),
+            }),
             Wire::Grpc => {
                 let trailers = body.trailers().cloned();
                 let field = |name: &str| parts.headers.get(name).or_else(|| trailers.as_ref().and_then(|t| t.get(name)));
@@ -250,6 +269,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("api-key", HeaderValue::from_static("s3cret-value"));
         Transport::new("http://127.0.0.1:4317/x".parse().unwrap(), wire, headers, compression, None)
+    }
+
+    /// A non-gRPC answer on the gRPC wire is judged by the gRPC code it
+    /// stands for: a wrong path (404) is final, an overloaded proxy (503)
+    /// is retried.
+    #[test]
+    fn http_statuses_on_the_grpc_wire_map_to_grpc_codes() {
+        for (status, code) in [(400, 13), (401, 16), (403, 7), (404, 12), (429, 14), (502, 14), (503, 14), (504, 14), (500, 2)] {
+            assert_eq!(grpc_code_of_http(StatusCode::from_u16(status).unwrap()), code, "{status}");
+        }
     }
 
     #[test]
