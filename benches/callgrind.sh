@@ -5,10 +5,13 @@
 #
 #   bash benches/callgrind.sh BIN [BIN ...]
 #   CALLGRIND_TELEMETRY=full bash benches/callgrind.sh BIN [BIN ...]
+#   CALLGRIND_TELEMETRY=full CALLGRIND_EXPORT=https-gzip bash benches/callgrind.sh BIN ...
 #
 # For each binary, telemetry off as in run.sh's outrider-off (or, with
 # CALLGRIND_TELEMETRY=full, tracing 100 % sampled and exported over
-# OTLP/HTTP to benches/otlp_sink.py, as in outrider-full), in front of
+# OTLP/HTTP to benches/otlp_sink.py, in clear (or with
+# CALLGRIND_EXPORT=https-gzip over TLS and gzip, as run.sh's outrider-full
+# does by default), in front of
 # the bench upstream: one run that only starts, becomes ready and stops,
 # and one with `wrk -t1 -c16 -d10s` in between. Prints
 #   (instructions of the loaded run - instructions of the idle run) / requests.
@@ -33,11 +36,19 @@ fi
 TMP="$(mktemp -d /tmp/outrider-callgrind.XXXXXX)"
 PIDS=()
 trap 'stop_pids; rm -rf "$TMP"' EXIT
+SINK_TLS=()
+if [[ ${CALLGRIND_TELEMETRY:-off} == full && ${CALLGRIND_EXPORT:-plain} == https-gzip ]]; then
+    sink_certificates "$TMP" || { echo "callgrind.sh: openssl could not make the sink's certificate" >&2; exit 1; }
+    SINK_TLS=(--tls-cert "$TMP/sink.pem" --tls-key "$TMP/sink-key.pem")
+    TELEMETRY=(OTEL_SDK_DISABLED=false OTEL_TRACES_SAMPLER=always_on OTEL_SERVICE_NAME=bench-app
+        OTEL_EXPORTER_OTLP_ENDPOINT="https://127.0.0.1:$P_SINK" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+        OTEL_EXPORTER_OTLP_CERTIFICATE="$TMP/sink-ca.pem" OTEL_EXPORTER_OTLP_COMPRESSION=gzip)
+fi
 
 "$UPSTREAM_BIN" "$P_UP" >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!)
 if [[ ${CALLGRIND_TELEMETRY:-off} == full ]]; then
-    python3 "$HERE/otlp_sink.py" --port "$P_SINK" >"$TMP/sink.log" 2>&1 &
+    python3 "$HERE/otlp_sink.py" --port "$P_SINK" "${SINK_TLS[@]}" >"$TMP/sink.log" 2>&1 &
     PIDS+=($!)
 fi
 

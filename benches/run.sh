@@ -219,13 +219,7 @@ https-gzip)
     # A private CA and a certificate for 127.0.0.1, as an in-cluster
     # collector behind TLS would have.
     SINK_SCHEME=https SINK_TLS=(--tls-cert "$TMP/sink.pem" --tls-key "$TMP/sink-key.pem")
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-        -keyout "$TMP/sink-ca-key.pem" -out "$TMP/sink-ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
-        -keyout "$TMP/sink-key.pem" -out "$TMP/sink.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$TMP/sink.ext"
-    openssl x509 -req -in "$TMP/sink.csr" -CA "$TMP/sink-ca.pem" -CAkey "$TMP/sink-ca-key.pem" -CAcreateserial \
-        -days 2 -extfile "$TMP/sink.ext" -out "$TMP/sink.pem" 2>/dev/null || die "openssl could not make the sink's certificate"
+    sink_certificates "$TMP" || die "openssl could not make the sink's certificate"
     ;;
 *) die "BENCH_EXPORT must be plain or https-gzip, not '$BENCH_EXPORT'" ;;
 esac
