@@ -14,21 +14,22 @@ pub enum Compression {
 
 /// Level 1, measured by the `gzip_levels` test below on a batch of 512 of
 /// outrider's server spans (10 attributes each, random trace and span ids)
-/// as `encode_request` writes it: 241 277 bytes. miniz_oxide (flate2's
-/// pure-Rust backend), release build, best of 6 runs of 50 batches on the
-/// shared 2-core build machine:
+/// as `encode_request` writes it: 241 277 bytes. Release build, on the
+/// shared 2-core build machine, with flate2's two pure-Rust backends:
 ///
-/// | level | bytes  | saved | CPU per batch |
-/// |-------|--------|-------|---------------|
-/// | 1     | 36 485 | 85 %  | 0.9 ms        |
-/// | 3     | 31 988 | 87 %  | 2.1 ms        |
-/// | 6     | 31 736 | 87 %  | 3.8 ms        |
-/// | 9     | 31 700 | 87 %  | 3.4 ms        |
+/// | level | zlib-rs (used)          | miniz_oxide             |
+/// |-------|-------------------------|-------------------------|
+/// | 1     | 36 962 bytes, 0.40 ms   | 36 482 bytes, 0.66 ms   |
+/// | 3     | 33 725 bytes, 0.70 ms   | 31 991 bytes, 1.80 ms   |
+/// | 6     | 31 788 bytes, 1.35 ms   | 31 741 bytes, 2.57 ms   |
+/// | 9     | 31 384 bytes, 2.18 ms   | 31 705 bytes, 2.77 ms   |
 ///
-/// Level 1 takes nearly all of the saving (what it leaves is mostly the
-/// random ids, which no level compresses) for under half of level 3's CPU
-/// and a quarter of level 6's: about 2 µs per span, on the export thread,
-/// which shares the sidecar's small CPU limit with requests.
+/// Level 1 takes nearly all of the saving (85 %; what it leaves is mostly
+/// the random ids, which no level compresses) for the least CPU: under a
+/// microsecond per span, on the export thread, which shares the sidecar's
+/// small CPU limit with requests. Under callgrind, gzip and TLS together
+/// cost about 10 600 instructions per request with miniz_oxide (a third of
+/// the request path's own); see docs/performance.md for zlib-rs's figure.
 const LEVEL: u32 = 1;
 
 /// The largest decompressed answer accepted: a collector's answer is a
