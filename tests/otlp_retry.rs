@@ -165,6 +165,10 @@ async fn final_refusals_are_not_retried_and_are_counted() {
             attempted_once_each(receiver, N);
             let line = warned(&proxy, "the failed batch's warning", &["span export failed; spans dropped", status]).await;
             assert!(line.contains("\"attempts\":1") && line.contains("scripted"), "{line}");
+            // One `message` key: the collector's text is a field of its own.
+            let fields: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(fields["message"], "span export failed; spans dropped", "{line}");
+            assert!(fields["detail"].as_str().is_some_and(|d| d.contains("scripted")), "{line}");
             // One warning per batch, no more.
             let warnings = proxy.logs().iter().filter(|l| l.contains("span export failed")).count();
             assert_eq!(warnings, receiver.attempts().len(), "{protocol}");

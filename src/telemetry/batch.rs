@@ -340,7 +340,8 @@ impl Worker {
                         warn!(
                             rejected,
                             spans,
-                            message,
+                            // Not `message`: the JSON log line's own key.
+                            detail = message,
                             rejected_unlogged = unlogged,
                             "the collector rejected spans of an accepted batch (partial_success); they are dropped"
                         );
@@ -352,7 +353,7 @@ impl Worker {
                 if exiting {
                     self.unsent += spans;
                 }
-                warn!(spans, status, message, attempts, "span export failed; spans dropped");
+                warn!(spans, status, detail = message, attempts, "span export failed; spans dropped");
             }
             None => {
                 self.counters.export_failed.inc_by(spans);

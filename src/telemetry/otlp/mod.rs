@@ -195,7 +195,7 @@ where
                 let wait = after.unwrap_or_else(|| backoff(attempts - 1, jitter.unit()));
                 let wait = wait.min(deadline.saturating_duration_since(Instant::now()));
                 let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                debug!(attempt = attempts, status, message, wait_ms, asked, "span export attempt failed; retrying");
+                debug!(attempt = attempts, status, detail = message, wait_ms, asked, "span export attempt failed; retrying");
                 tokio::time::sleep(wait).await;
                 if Instant::now() >= deadline {
                     return Delivery::Failed { status, message, attempts };
