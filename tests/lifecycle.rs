@@ -369,10 +369,8 @@ async fn drain_endpoint_blocks_until_in_flight_requests_finish() {
     let readyz = proxy.admin_url("/readyz");
     wait_status(&readyz, 200).await;
     let slow_url = proxy.url("/slow/1500");
-    let slow = tokio::spawn(async move {
-        let r = get(&slow_url).await.unwrap();
-        (r.0, Instant::now())
-    });
+    let slow_sent = Instant::now();
+    let slow = tokio::spawn(async move { get(&slow_url).await.unwrap().0 });
     eventually("the slow request to reach the app", || {
         let n = app.count();
         async move { (n >= 1).then_some(()) }
@@ -382,9 +380,17 @@ async fn drain_endpoint_blocks_until_in_flight_requests_finish() {
     let (status, _, body) = send(&client(), Request::post(proxy.admin_url("/drain")).body(full("")).unwrap()).await.unwrap();
     let drained_at = Instant::now();
     assert_eq!((status, &body[..]), (200, &b"drained\n"[..]));
-    let (slow_status, slow_done) = slow.await.unwrap();
-    assert_eq!(slow_status, 200, "the in-flight request was cut");
-    assert!(drained_at >= slow_done, "/drain answered before the in-flight request finished");
+    assert_eq!(slow.await.unwrap(), 200, "the in-flight request was cut");
+    // The app answers the slow request 1.5 s after it was sent, so a /drain
+    // that waited for it cannot answer sooner; one that did not would have
+    // answered after the 300 ms drain delay. (Comparing the instants at
+    // which the two client tasks saw their answers raced: the spawned task
+    // can be scheduled after the /drain answer it preceded on the wire.)
+    assert!(
+        drained_at.duration_since(slow_sent) >= Duration::from_millis(1500),
+        "/drain answered {:?} after the in-flight request was sent, before it can have finished",
+        drained_at.duration_since(slow_sent)
+    );
     assert_eq!(status_of(&readyz).await, 503);
 
     // Pod mode: still alive (a native sidecar must not exit on its own),
