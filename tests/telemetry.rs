@@ -21,32 +21,23 @@ async fn http_receiver() -> Receiver {
     let addr = listener.local_addr().unwrap();
     let spans = Store::default();
     let sink = spans.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let sink = sink.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let sink = sink.clone();
-                    async move {
-                        assert_eq!(req.uri().path(), "/v1/traces");
-                        assert_eq!(req.headers()["content-type"], "application/x-protobuf");
-                        // OTEL_EXPORTER_OTLP_HEADERS, percent-decoded (set by the test below).
-                        assert_eq!(req.headers()["x-api-key"], "s3cr=t");
-                        assert!(req.headers()["user-agent"].to_str().unwrap().starts_with("outrider/"));
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        store(&sink, ExportTraceServiceRequest::decode(body).unwrap());
-                        let out = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder().header("content-type", "application/x-protobuf").body(full(Bytes::from(out))).unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-            });
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/traces");
+            assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+            // OTEL_EXPORTER_OTLP_HEADERS, percent-decoded (set by the test below).
+            assert_eq!(req.headers()["x-api-key"], "s3cr=t");
+            assert!(req.headers()["user-agent"].to_str().unwrap().starts_with("outrider/"));
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            store(&sink, ExportTraceServiceRequest::decode(body).unwrap());
+            let out = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+            Ok::<_, std::convert::Infallible>(
+                Response::builder().header("content-type", "application/x-protobuf").body(full(Bytes::from(out))).unwrap(),
+            )
         }
     });
-    Receiver { addr, spans, task }
+    Receiver { addr, spans, task: serve_each(listener, service) }
 }
 
 fn traced(app: &App, endpoint: &str, protocol: &str) -> Spawn {

@@ -130,3 +130,30 @@ pub fn tokio_stream_from(listener: tokio::net::TcpListener) -> impl futures_util
         Some((accepted, listener))
     })
 }
+
+/// The accept loop of the hand-written receivers: every connection
+/// `listener` accepts is served, HTTP/1 or h2c (hyper-util's auto builder),
+/// by a clone of `service`, in a task of its own.
+pub fn serve_each<S, B>(listener: tokio::net::TcpListener, service: S) -> tokio::task::JoinHandle<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ =
+                    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(io, service).await;
+            });
+        }
+    })
+}

@@ -101,24 +101,15 @@ impl Faulty {
         let addr = listener.local_addr().unwrap();
         let state = State::default();
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (state, script) = (shared.clone(), script.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (state, script) = (state.clone(), script.clone());
-                        async move {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let answer = state.attempt(&script, ExportTraceServiceRequest::decode(body).unwrap());
-                            Ok::<_, std::convert::Infallible>(http_answer(answer))
-                        }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-                });
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (state, script) = (shared.clone(), script.clone());
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let answer = state.attempt(&script, ExportTraceServiceRequest::decode(body).unwrap());
+                Ok::<_, std::convert::Infallible>(http_answer(answer))
             }
         });
+        let task = super::otlp::serve_each(listener, service);
         Self { addr, state, task }
     }
 

@@ -253,47 +253,36 @@ pub async fn grpc_gzip() -> Receiver {
     let addr = listener.local_addr().unwrap();
     let spans = Store::default();
     let sink = spans.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let sink = sink.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let sink = sink.clone();
-                    async move {
-                        assert_eq!(req.uri().path(), "/opentelemetry.proto.collector.trace.v1.TraceService/Export");
-                        assert_eq!(req.headers()["content-type"], "application/grpc");
-                        assert_eq!(req.headers()["grpc-encoding"], "gzip");
-                        let accepts = req.headers()["grpc-accept-encoding"].to_str().unwrap().to_owned();
-                        assert!(accepts.split(',').any(|e| e.trim() == "gzip"), "grpc-accept-encoding: {accepts}");
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        assert_eq!(body[0], 1, "the compressed flag");
-                        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
-                        assert_eq!(len, body.len() - 5, "one message, its length prefixed");
-                        store(&sink, ExportTraceServiceRequest::decode(gunzip(&body[5..])).unwrap());
-                        let answer = gzip(&ExportTraceServiceResponse { partial_success: None }.encode_to_vec());
-                        let mut message = vec![1];
-                        message.extend_from_slice(&(answer.len() as u32).to_be_bytes());
-                        message.extend_from_slice(&answer);
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        let frames =
-                            vec![Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(message))), Ok(Frame::trailers(trailers))];
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/grpc")
-                                .header("grpc-encoding", "gzip")
-                                .body(StreamBody::new(futures_util::stream::iter(frames)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-            });
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let sink = sink.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+            assert_eq!(req.headers()["content-type"], "application/grpc");
+            assert_eq!(req.headers()["grpc-encoding"], "gzip");
+            let accepts = req.headers()["grpc-accept-encoding"].to_str().unwrap().to_owned();
+            assert!(accepts.split(',').any(|e| e.trim() == "gzip"), "grpc-accept-encoding: {accepts}");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body[0], 1, "the compressed flag");
+            let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, body.len() - 5, "one message, its length prefixed");
+            store(&sink, ExportTraceServiceRequest::decode(gunzip(&body[5..])).unwrap());
+            let answer = gzip(&ExportTraceServiceResponse { partial_success: None }.encode_to_vec());
+            let mut message = vec![1];
+            message.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+            message.extend_from_slice(&answer);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(message))), Ok(Frame::trailers(trailers))];
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-encoding", "gzip")
+                    .body(StreamBody::new(futures_util::stream::iter(frames)))
+                    .unwrap(),
+            )
         }
     });
-    Receiver { addr, spans, task }
+    Receiver { addr, spans, task: super::otlp::serve_each(listener, service) }
 }
 
 pub fn gunzip(data: &[u8]) -> Bytes {
