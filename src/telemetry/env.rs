@@ -25,3 +25,14 @@ pub(super) fn non_empty(var: &str) -> Option<String> {
 pub(super) fn traces_or_general(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
     non_empty(traces).map(|v| (traces, v)).or_else(|| non_empty(general).map(|v| (general, v)))
 }
+
+/// `var`'s value `value` as a boolean: `true` or `false`, in any case.
+pub(super) fn flag(var: &'static str, value: String) -> Result<bool, OtelError> {
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(OtelError::Invalid { var, value, reason: "expected true or false" })
+    }
+}

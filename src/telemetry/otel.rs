@@ -20,7 +20,7 @@ use tracing::{info, warn};
 pub use super::{batch::ExportCounters, env::OtelError};
 use super::{
     batch::{BatchConfig, BatchProcessor},
-    env::{non_empty, traces_or_general},
+    env::{flag, non_empty, traces_or_general},
     otlp::{OtlpExporter, Wire},
     propagation::Propagators,
 };
@@ -291,10 +291,5 @@ fn batch_config() -> BatchConfig {
 }
 
 fn env_flag(var: &'static str) -> Result<bool, OtelError> {
-    match non_empty(var).map(|v| v.to_ascii_lowercase()) {
-        None => Ok(false),
-        Some(v) if v == "true" => Ok(true),
-        Some(v) if v == "false" => Ok(false),
-        Some(v) => Err(OtelError::Invalid { var, value: v, reason: "expected true or false" }),
-    }
+    non_empty(var).map_or(Ok(false), |value| flag(var, value))
 }

@@ -18,7 +18,7 @@ use retry::{Jitter, Verdict, backoff, judge};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::env::{OtelError, non_empty, traces_or_general};
+use super::env::{OtelError, flag, non_empty, traces_or_general};
 
 mod encode;
 mod retry;
@@ -57,9 +57,7 @@ impl OtlpExporter {
         // is true. A scheme says it all.
         let insecure = match traces_or_general("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE") {
             None => false,
-            Some((_, v)) if v.eq_ignore_ascii_case("true") => true,
-            Some((_, v)) if v.eq_ignore_ascii_case("false") => false,
-            Some((var, v)) => return Err(OtelError::Invalid { var, value: v, reason: "expected true or false" }),
+            Some((var, value)) => flag(var, value)?,
         };
         let tls = match (base.scheme_str(), wire) {
             (Some("http"), _) => false,
