@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 
-use super::exemplar::Slot;
+use super::{exemplar::Slot, propagation};
 
 /// The `Content-Type` of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -176,10 +176,12 @@ fn timestamp_into(out: &mut String, ms: i64) {
     let _ = write!(out, "{sign}{}.{:03}", ms / 1000, ms % 1000);
 }
 
+/// Lowercase hex of an id (at most 16 bytes), as trace headers write it.
 fn hex_into(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
+    let mut buf = [0u8; 32];
+    let hex = &mut buf[..2 * bytes.len().min(16)];
+    propagation::hex_into(&bytes[..hex.len() / 2], hex);
+    out.push_str(std::str::from_utf8(hex).unwrap_or_default());
 }
 
 /// A label value or help text: `\`, `"` and newline escaped.
