@@ -662,14 +662,7 @@ const PROTOCOL: Kind<UpstreamProtocol> = Kind::new(
         "http2" | "h2c" | "h2" => Ok(UpstreamProtocol::Http2),
         _ => Err("expected auto, http1 or http2".into()),
     },
-    |p| {
-        match p {
-            UpstreamProtocol::Auto => "auto",
-            UpstreamProtocol::Http1 => "http1",
-            UpstreamProtocol::Http2 => "http2",
-        }
-        .into()
-    },
+    UpstreamProtocol::to_string,
 );
 
 const LOG_FILTER: Kind<String> = Kind::new(|text, _| parse_log_filter(text), String::clone);
@@ -776,6 +769,16 @@ pub enum UpstreamProtocol {
     Auto,
     Http1,
     Http2,
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+        })
+    }
 }
 
 /// Where the app listens.

@@ -293,6 +293,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         listen = %listen_addr,
         admin = %admin_addr,
         upstream = %config.upstream,
+        upstream_protocol = %config.upstream_protocol,
         mode = match app {
             App::Child(_) => "wrap",
             _ => "sidecar",

@@ -119,3 +119,117 @@ impl Multiplex {
         self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The shared connection against a real HTTP/2 server on a Unix socket,
+    //! in-process.
+
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use tokio::{net::UnixListener, task::JoinSet};
+
+    use super::*;
+    use crate::{
+        health::Health,
+        proxy::connect::{Connect, Target},
+    };
+
+    /// An h2c server answering each request with the `:authority` it saw;
+    /// counts its connections, which `close` drops at once (no GOAWAY, as
+    /// when the app is killed).
+    struct App {
+        accepted: Arc<AtomicUsize>,
+        connections: Arc<Mutex<JoinSet<()>>>,
+        path: std::path::PathBuf,
+        _dir: TempDir,
+    }
+
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl App {
+        fn start(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("outrider-multiplex-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("app.sock");
+            let listener = UnixListener::bind(&path).unwrap();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let connections = Arc::new(Mutex::new(JoinSet::new()));
+            let (count, set) = (accepted.clone(), connections.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let authority = req.uri().authority().map(ToString::to_string).unwrap_or_default();
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(authority))))
+                    });
+                    let conn =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service);
+                    set.lock().unwrap().spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            });
+            Self { accepted, connections, path, _dir: TempDir(dir) }
+        }
+
+        fn close_connections(&self) {
+            self.connections.lock().unwrap().abort_all();
+        }
+    }
+
+    fn multiplex(app: &App) -> &'static Multiplex {
+        let (_drain, watch) = crate::drain::Manual::new();
+        let connect = Connect::new(Target::Unix(app.path.clone()), Duration::from_secs(5), None).for_http2();
+        Multiplex::new(Hold::new(connect, None, Health::new(1, 1), watch))
+    }
+
+    async fn call(multiplex: &'static Multiplex, authority: &str) -> String {
+        use http_body_util::BodyExt;
+        let req =
+            Request::post(format!("http://{authority}/pkg.Svc/Method")).version(http::Version::HTTP_2).body(UpstreamBody::empty()).unwrap();
+        let response = multiplex.send(req).await.expect("an answer");
+        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_share_one_connection_and_keep_their_authority() {
+        let app = App::start("share");
+        let multiplex = multiplex(&app);
+        let calls: Vec<_> = (0..16).map(|i| tokio::spawn(call(multiplex, if i % 2 == 0 { "a.example" } else { "b.example:81" }))).collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap(), if i % 2 == 0 { "a.example" } else { "b.example:81" });
+        }
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 1, "one connection, whatever the authorities");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_replaced() {
+        let app = App::start("replace");
+        let multiplex = multiplex(&app);
+        assert_eq!(call(multiplex, "a").await, "a");
+        app.close_connections();
+        // The handle learns of the close from its connection task.
+        for _ in 0..500 {
+            if multiplex.live().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(multiplex.live().is_none(), "the closed connection was still offered");
+        assert_eq!(call(multiplex, "b").await, "b");
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
+    }
+}
