@@ -127,7 +127,10 @@ pub(super) async fn forward(
         let mut uri = http::uri::Parts::default();
         if http2 {
             uri.scheme = Some(inner.upstream_scheme.clone());
-            let named = parts.headers.remove(HOST).and_then(|host| Authority::try_from(host.as_bytes()).ok());
+            // An HTTP/2 client's own `:authority` is reused as it is (a
+            // reference count); an HTTP/1.1 client's Host is parsed.
+            let host = parts.headers.remove(HOST);
+            let named = parts.uri.authority().cloned().or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()));
             uri.authority = Some(named.unwrap_or_else(|| inner.upstream_authority.clone()));
         }
         uri.path_and_query = Some(path_and_query);
