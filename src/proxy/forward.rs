@@ -18,7 +18,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
-use super::{body::ProxyBody, error::ProxyError, grpc, headers, idle, limits::UpstreamBody as RequestBody, multiplex::Multiplex, pool};
+use super::{
+    body::ProxyBody,
+    error::ProxyError,
+    grpc, headers,
+    idle::{self, Cut},
+    limits::UpstreamBody as RequestBody,
+    multiplex::Multiplex,
+    pool,
+};
 use crate::drain::Watch;
 
 /// What forwarding needs, built once.
@@ -162,8 +170,17 @@ pub(super) async fn forward(
     let upstream_time = sent_at.elapsed();
     let (mut response, lease) = match result {
         Ok(exchange) => exchange,
-        // Telemetry logs and counts it, with the request's trace id.
-        Err(UpstreamFailure(error, detail)) => return Ok(ProxyBody::upstream_failure(error, detail)),
+        // Telemetry logs and counts it, with the request's trace id. A body
+        // outrider cut itself decides the kind: over HTTP/2 the exchange
+        // fails with only "stream reset", which would blame the app.
+        Err(UpstreamFailure(error, detail)) => {
+            let error = match activity.as_ref().and_then(|a| a.cut_by()) {
+                Some(Cut::TooLarge) => ProxyError::PayloadTooLarge,
+                Some(Cut::Stalled) => ProxyError::RequestBodyTimeout,
+                None => error,
+            };
+            return Ok(ProxyBody::upstream_failure(error, detail));
+        }
     };
 
     let app_version = response.version();

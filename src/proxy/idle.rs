@@ -18,7 +18,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     task::{Context, Poll},
     time::Duration,
 };
@@ -58,6 +58,20 @@ pub struct Activity {
     /// body's idle timeout; otherwise it is the app's, which stopped
     /// taking the body.
     waiting: AtomicBool,
+    /// Why outrider itself cut the request body ([`Cut`] as a number, 0
+    /// for not cut). Over HTTP/2 the error that cut it does not come back
+    /// with the failed exchange (the stream is reset, and the error says
+    /// only that), so forwarding reads the reason here.
+    cut: AtomicU8,
+}
+
+/// Why outrider cut a request body on its way to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cut {
+    /// It grew past `OUTRIDER_MAX_BODY_BYTES`.
+    TooLarge = 1,
+    /// It stalled past `OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT`.
+    Stalled = 2,
 }
 
 impl Activity {
@@ -68,6 +82,21 @@ impl Activity {
             ended: AtomicU64::new(0),
             responded: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
+            cut: AtomicU8::new(0),
+        }
+    }
+
+    /// Outrider cut the request body, for `why`.
+    pub(super) fn cut(&self, why: Cut) {
+        self.cut.store(why as u8, Ordering::Relaxed);
+    }
+
+    /// Why outrider cut the request body, if it did.
+    pub(super) fn cut_by(&self) -> Option<Cut> {
+        match self.cut.load(Ordering::Relaxed) {
+            1 => Some(Cut::TooLarge),
+            2 => Some(Cut::Stalled),
+            _ => None,
         }
     }
 

@@ -22,7 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::{
     body::{InflightSlot, ProxyBody},
     error::{BodyTooLarge, ProxyError},
-    idle::{Activity, IdleTimer, RequestBodyIdle},
+    idle::{Activity, Cut, IdleTimer, RequestBodyIdle},
 };
 use crate::body::RequestBody;
 
@@ -41,8 +41,9 @@ pub(super) struct Bounds {
     /// A request body that stops arriving for this long, before the
     /// response has begun, fails (408).
     pub(super) request_body_idle: Option<Duration>,
-    /// Any bound that needs to know how the request body is moving: its
-    /// own idle bound, the response's, or the request timeout.
+    /// Any bound that needs to know how the request body is moving (its
+    /// own idle bound, the response's, or the request timeout), or why it
+    /// was cut (the body size limit).
     pub(super) watch_activity: bool,
 }
 
@@ -169,6 +170,7 @@ where
                     activity.wait();
                     if let Some(idle) = &mut this.idle {
                         if !activity.responded() && idle.poll_expired(cx, None).is_ready() {
+                            activity.cut(Cut::Stalled);
                             return Poll::Ready(Some(Err(Box::new(RequestBodyIdle { timeout: idle.timeout() }))));
                         }
                     }
@@ -189,6 +191,9 @@ where
         if let Some(data) = frame.data_ref() {
             this.seen = this.seen.saturating_add(data.len() as u64);
             if this.seen > this.limit {
+                if let Some(activity) = &this.activity {
+                    activity.cut(Cut::TooLarge);
+                }
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
             }
         }

@@ -161,7 +161,8 @@ impl Proxy {
                 request_body_idle: options.request_body_idle_timeout,
                 watch_activity: options.request_body_idle_timeout.is_some()
                     || options.response_body_idle_timeout.is_some()
-                    || options.request_timeout.is_some(),
+                    || options.request_timeout.is_some()
+                    || options.max_body_bytes > 0,
             })),
             trusted: Box::leak(Box::new(options.trusted_proxies.clone())),
             forwarded: options.forwarded,
