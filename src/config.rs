@@ -75,8 +75,8 @@ settings! {
     pub listen: SocketAddr = "0.0.0.0:8080", ADDR, flag "ADDR";
     /// The app: `http://host:port`, `https://host:port` or `unix:/path/to.sock`. Host names are resolved at connect time; the port defaults to 80/443.
     pub upstream: UpstreamAddr = "http://127.0.0.1:8081", UPSTREAM, flag "URL";
-    /// Protocol spoken to the app: `http1`, or `http2` for an app that speaks h2c with prior knowledge (e.g. gRPC).
-    pub upstream_protocol: UpstreamProtocol = "http1", PROTOCOL;
+    /// Protocol spoken to the app: `auto` sends gRPC requests (`content-type: application/grpc*`) over HTTP/2 (h2c, or ALPN `h2` to an `https://` app) and everything else, WebSocket upgrades included, over HTTP/1.1, so HTTP/1 apps, gRPC apps and apps serving both on one port work unchanged; `http1` or `http2` sends every request over that one (`http2` for an h2c-only app that is not gRPC).
+    pub upstream_protocol: UpstreamProtocol = "auto", PROTOCOL;
     /// Admin listener (probes, metrics), `host:port`. Never serves proxied traffic.
     pub admin_listen: SocketAddr = "0.0.0.0:9901", ADDR, flag "ADDR";
     /// Log filter in `tracing` EnvFilter syntax, e.g. `info,outrider::proxy=debug` (ASCII; spaces around the commas are ignored).
@@ -657,11 +657,12 @@ const UPSTREAM: Kind<UpstreamAddr> = Kind::new(
 
 const PROTOCOL: Kind<UpstreamProtocol> = Kind::new(
     |text, _| match text.trim().to_ascii_lowercase().as_str() {
+        "auto" | "" => Ok(UpstreamProtocol::Auto),
         "http1" | "http/1.1" => Ok(UpstreamProtocol::Http1),
         "http2" | "h2c" | "h2" => Ok(UpstreamProtocol::Http2),
-        _ => Err("expected http1 or http2".into()),
+        _ => Err("expected auto, http1 or http2".into()),
     },
-    |p| if *p == UpstreamProtocol::Http1 { "http1" } else { "http2" }.into(),
+    UpstreamProtocol::to_string,
 );
 
 const LOG_FILTER: Kind<String> = Kind::new(|text, _| parse_log_filter(text), String::clone);
@@ -764,8 +765,20 @@ fn parse_log_filter(text: &str) -> Result<String, String> {
 /// Which protocol outrider speaks to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
+    /// Per request: gRPC over HTTP/2, everything else over HTTP/1.1.
+    Auto,
     Http1,
     Http2,
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+        })
+    }
 }
 
 /// Where the app listens.
@@ -974,7 +987,7 @@ mod tests {
         let e = load_with(&[("OUTRIDER_LOG_FORMAT", "xml")]).unwrap_err().to_string();
         assert_eq!(e, "invalid OUTRIDER_LOG_FORMAT=\"xml\": expected json, pretty or auto");
         let e = load_with(&[("OUTRIDER_UPSTREAM_PROTOCOL", "http3")]).unwrap_err().to_string();
-        assert_eq!(e, "invalid OUTRIDER_UPSTREAM_PROTOCOL=\"http3\": expected http1 or http2");
+        assert_eq!(e, "invalid OUTRIDER_UPSTREAM_PROTOCOL=\"http3\": expected auto, http1 or http2");
     }
 
     #[test]

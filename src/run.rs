@@ -102,8 +102,8 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
 
     let upstream_tls = match (&config.upstream, &config.upstream_ca) {
         (UpstreamAddr::Tcp { authority, .. }, Some(ca)) => Some(UpstreamTls {
-            connector: crate::tls::client_connector(ca, config.upstream_protocol == UpstreamProtocol::Http2)
-                .map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")))?,
+            http1: crate::tls::client_connector(ca, false).map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")))?,
+            http2: crate::tls::client_connector(ca, true).map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")))?,
             server_name: rustls_pki_types::ServerName::try_from(authority.host().to_owned())
                 .map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM host for TLS: {e}")))?,
         }),
@@ -168,7 +168,11 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
             UpstreamAddr::Tcp { authority, .. } => Target::Tcp(authority.as_str().into()),
             UpstreamAddr::Unix(path) => Target::Unix(path.clone()),
         },
-        http2: config.upstream_protocol == UpstreamProtocol::Http2,
+        protocol: match config.upstream_protocol {
+            UpstreamProtocol::Auto => proxy::Protocol::Auto,
+            UpstreamProtocol::Http1 => proxy::Protocol::Http1,
+            UpstreamProtocol::Http2 => proxy::Protocol::Http2,
+        },
         connect_timeout: config.upstream_connect_timeout,
         pool_idle_timeout: config.upstream_pool_idle_timeout,
         pool_max_idle: config.upstream_pool_max_idle,
@@ -289,6 +293,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         listen = %listen_addr,
         admin = %admin_addr,
         upstream = %config.upstream,
+        upstream_protocol = %config.upstream_protocol,
         mode = match app {
             App::Child(_) => "wrap",
             _ => "sidecar",

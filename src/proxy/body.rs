@@ -86,6 +86,20 @@ impl ProxyBody {
         }
     }
 
+    /// What failed, when this is one of outrider's own answers (not the
+    /// app's body, even one that failed later while streaming).
+    pub(super) fn own_answer(&self) -> Option<ProxyError> {
+        if matches!(self.inner, Either::Right(_)) { self.error } else { None }
+    }
+
+    /// Empties outrider's own answer, for a status carried in headers
+    /// (gRPC's trailers-only form); what failed is still reported.
+    pub(super) fn clear_own_answer(&mut self) {
+        if let Either::Right(body) = &mut self.inner {
+            *body = Full::default();
+        }
+    }
+
     /// Keeps the request's in-flight slot until the body is done.
     pub(super) fn hold(&mut self, slot: Option<InflightSlot>) {
         self.slot = slot;

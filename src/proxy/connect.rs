@@ -11,10 +11,7 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::{
-    client::legacy::connect::{Connected, Connection},
-    rt::TokioIo,
-};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 
 /// Where the app listens.
@@ -25,10 +22,14 @@ pub enum Target {
     Unix(PathBuf),
 }
 
-/// How to speak TLS to the app.
+/// How to speak TLS to the app: one connector per protocol, because ALPN
+/// is chosen at the handshake. A connection for HTTP/1 offers only
+/// `http/1.1` and one for HTTP/2 only `h2`, so the app can never pick the
+/// other and leave a request on a connection that speaks the wrong one.
 #[derive(Clone)]
 pub struct UpstreamTls {
-    pub connector: tokio_rustls::TlsConnector,
+    pub http1: tokio_rustls::TlsConnector,
+    pub http2: tokio_rustls::TlsConnector,
     /// The name the app's certificate must carry.
     pub server_name: rustls_pki_types::ServerName<'static>,
 }
@@ -46,6 +47,8 @@ pub struct Connect {
     target: Target,
     timeout: Duration,
     tls: Option<UpstreamTls>,
+    /// Connections for HTTP/2 (ALPN `h2` over TLS).
+    http2: bool,
 }
 
 /// Why a connection to the app could not be made.
@@ -84,8 +87,15 @@ impl ConnectError {
 // === impl Connect ===
 
 impl Connect {
+    /// Connections for HTTP/1 (ALPN `http/1.1` over TLS).
     pub fn new(target: Target, timeout: Duration, tls: Option<UpstreamTls>) -> Self {
-        Self { target, timeout, tls }
+        Self { target, timeout, tls, http2: false }
+    }
+
+    /// The same app, for connections that will speak HTTP/2.
+    #[must_use]
+    pub fn for_http2(&self) -> Self {
+        Self { http2: true, ..self.clone() }
     }
 
     /// The app's address, for building request URIs.
@@ -119,7 +129,8 @@ impl Connect {
                     match &self.tls {
                         None => Ok(UpstreamIo::Tcp(TokioIo::new(stream))),
                         Some(tls) => {
-                            let stream = tls.connector.connect(tls.server_name.clone(), stream).await?;
+                            let connector = if self.http2 { &tls.http2 } else { &tls.http1 };
+                            let stream = connector.connect(tls.server_name.clone(), stream).await?;
                             Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
                         }
                     }
@@ -145,15 +156,6 @@ pub enum UpstreamIo {
 }
 
 // === impl UpstreamIo ===
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        match self {
-            Self::Tls(io) if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") => Connected::new().negotiated_h2(),
-            _ => Connected::new(),
-        }
-    }
-}
 
 impl hyper::rt::Read for UpstreamIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<io::Result<()>> {

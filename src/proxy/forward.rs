@@ -18,16 +18,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
-use super::{body::ProxyBody, client::UpstreamClient, error::ProxyError, headers, idle, limits::UpstreamBody as RequestBody, pool};
+use super::{body::ProxyBody, error::ProxyError, grpc, headers, idle, limits::UpstreamBody as RequestBody, multiplex::Multiplex, pool};
 use crate::drain::Watch;
 
 /// What forwarding needs, built once.
 pub(super) struct Inner {
     pub(super) upstream: Upstream,
     /// URI parts of the app, pre-parsed once: cloning them is a refcount.
+    /// HTTP/2 needs them for its pseudo-headers; the authority is only
+    /// the fallback for a request that named none.
     pub(super) upstream_scheme: Scheme,
     pub(super) upstream_authority: Authority,
-    pub(super) upstream_version: Version,
     pub(super) request_timeout: Option<Duration>,
     pub(super) via: bool,
     pub(super) scheme: &'static str,
@@ -42,14 +43,28 @@ pub(super) struct Inner {
     pub(super) tunnel_idle_closed: Option<prometheus::IntCounter>,
 }
 
-/// How requests reach the app.
-pub(super) enum Upstream {
+/// How requests reach the app: the protocols it is spoken to in, at least
+/// one of them.
+pub(super) struct Upstream {
     /// HTTP/1: each connection is driven by the request using it.
-    Http1(&'static pool::Pool),
-    /// HTTP/2 (prior knowledge or ALPN): hyper-util's client, whose
-    /// connections run as tasks of their own and multiplex requests.
-    /// Boxed: the client is large and this variant the rare one.
-    Http2(Box<UpstreamClient>),
+    pub(super) http1: Option<&'static pool::Pool>,
+    /// HTTP/2 (prior knowledge or ALPN): one shared connection whose
+    /// streams carry the requests.
+    pub(super) http2: Option<&'static Multiplex>,
+}
+
+impl Upstream {
+    /// Whether `req` goes over HTTP/2: gRPC does when both are spoken
+    /// (gRPC needs HTTP/2's trailers; everything else is safest on
+    /// HTTP/1.1, which every app speaks and which carries upgrades), and
+    /// everything does when HTTP/2 is all there is.
+    fn http2_for<B>(&self, req: &Request<B>) -> bool {
+        match (self.http1, self.http2) {
+            (Some(_), Some(_)) => grpc::is_grpc(req),
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// What a request needs from its connection, prepared once per connection.
@@ -65,7 +80,11 @@ pub(super) async fn forward(
     peer: Arc<Peer>,
     mut req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let http2 = inner.upstream.http2_for(&req);
+    // Upgrades exist in HTTP/1.1 only; to an app spoken to in HTTP/2 alone
+    // the request goes without its `Upgrade`, and the app answers it as
+    // a plain request.
+    let upgrade = !http2 && req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     // Taken before the request is consumed; resolves once the server hands
     // over the client's connection after our 101 response.
     let client_upgrade = if upgrade { req.extensions_mut().remove::<crate::server::OnUpgrade>() } else { None };
@@ -99,14 +118,20 @@ pub(super) async fn forward(
     }
     // HTTP/1 sends the origin form (`/path?query`), which is what the
     // client sent in all but the rare absolute-form request; HTTP/2 needs
-    // the scheme and authority for its pseudo-headers.
-    let http2 = matches!(inner.upstream, Upstream::Http2(_));
+    // the scheme and authority for its pseudo-headers. The authority is
+    // the one the client named, as HTTP/1 keeps its Host: virtual hosts
+    // and gRPC services routed by `:authority` see what they would
+    // without outrider.
     if http2 || parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
         if http2 {
             uri.scheme = Some(inner.upstream_scheme.clone());
-            uri.authority = Some(inner.upstream_authority.clone());
+            // An HTTP/2 client's own `:authority` is reused as it is (a
+            // reference count); an HTTP/1.1 client's Host is parsed.
+            let host = parts.headers.remove(HOST);
+            let named = parts.uri.authority().cloned().or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()));
+            uri.authority = Some(named.unwrap_or_else(|| inner.upstream_authority.clone()));
         }
         uri.path_and_query = Some(path_and_query);
         parts.uri = match Uri::from_parts(uri) {
@@ -115,11 +140,11 @@ pub(super) async fn forward(
             Err(_) => return Ok(ProxyBody::error(ProxyError::Protocol)),
         };
     }
-    parts.version = inner.upstream_version;
+    parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
     let request = Request::from_parts(parts, body);
 
     let sent_at = Instant::now();
-    let sent = std::pin::pin!(send(inner, request, upgrade));
+    let sent = std::pin::pin!(send(&inner.upstream, request, http2, upgrade));
     let result: Result<_, UpstreamFailure> = match inner.request_timeout {
         Some(limit) => match idle::within(limit, activity.as_deref(), sent).await {
             Ok(result) => result,
@@ -173,23 +198,31 @@ pub(super) async fn forward(
     Ok(response.map(|body| ProxyBody::streamed(body, lease, upstream_time, idle, activity)))
 }
 
-/// Sends the request on the configured protocol.
+/// Sends the request over the protocol chosen for it.
 async fn send(
-    inner: &'static Inner,
+    upstream: &Upstream,
     request: Request<RequestBody>,
+    http2: bool,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Option<pool::Lease>), UpstreamFailure> {
-    match &inner.upstream {
-        Upstream::Http1(pool) => pool.send(request, upgrade).await.map_err(|e| match e {
-            // Classified from the inner error itself: `transparent` would
-            // hide it from a walk down the source chain.
-            pool::PoolError::Connect(e) => UpstreamFailure::new(&e, ProxyError::ConnectRefused),
-            pool::PoolError::Http(e) => UpstreamFailure::new(&e, ProxyError::Protocol),
-        }),
-        Upstream::Http2(client) => match client.request(request).await {
+    // Classified from the inner error itself: `transparent` would hide it
+    // from a walk down the source chain.
+    let failure = |connect: Result<&super::hold::HoldError, &hyper::Error>| match connect {
+        Ok(e) => UpstreamFailure::new(e, ProxyError::ConnectRefused),
+        Err(e) => UpstreamFailure::new(e, ProxyError::Protocol),
+    };
+    match (http2, upstream.http1, upstream.http2) {
+        (true, _, Some(multiplex)) => match multiplex.send(request).await {
             Ok(response) => Ok((response, None)),
-            Err(e) => Err(UpstreamFailure::new(&e, if e.is_connect() { ProxyError::ConnectRefused } else { ProxyError::Protocol })),
+            Err(super::multiplex::MultiplexError::Connect(e)) => Err(failure(Ok(&e))),
+            Err(super::multiplex::MultiplexError::Http(e)) => Err(failure(Err(&e))),
         },
+        (_, Some(pool), _) => pool.send(request, upgrade).await.map_err(|e| match e {
+            pool::PoolError::Connect(e) => failure(Ok(&e)),
+            pool::PoolError::Http(e) => failure(Err(&e)),
+        }),
+        // `Upstream` always has one protocol; answer rather than panic.
+        _ => Err(UpstreamFailure(ProxyError::Protocol, "no protocol to reach the app with".into())),
     }
 }
 

@@ -9,17 +9,13 @@
 //! a pooled connection has nothing to wait for.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
-use http::Uri;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -77,6 +73,14 @@ impl Hold {
     /// `buffer: None` holds nothing: a refused connection fails at once.
     pub fn new(connect: Connect, buffer: Option<BufferOptions>, health: Health, drain: Watch) -> Self {
         Self { connect, buffer, health, held: Arc::new(AtomicUsize::new(0)), fail_fast: Arc::new(AtomicBool::new(false)), drain }
+    }
+
+    /// The same holding and health, for connections that will speak
+    /// HTTP/2: one buffer, one fail-fast verdict, whichever protocol a
+    /// request goes over.
+    #[must_use]
+    pub fn for_http2(&self) -> Self {
+        Self { connect: self.connect.for_http2(), ..self.clone() }
     }
 
     /// The count of requests held while the app is away.
@@ -172,22 +176,6 @@ impl<'a> HeldSlot<'a> {
 impl Drop for HeldSlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl tower::Service<Uri> for Hold {
-    type Response = UpstreamIo;
-    type Error = HoldError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, HoldError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        // Boxed: runs once per new connection, not per request.
-        let hold = self.clone();
-        Box::pin(async move { hold.connect().await })
     }
 }
 

@@ -2,30 +2,36 @@
 //! layers in the order a request meets them (telemetry wraps them all; see
 //! `telemetry::observe`):
 //!
-//! 1. [`limits`]: `CONNECT` → 405, a body over the limit → 413, too many
+//! 1. [`grpc`]: for a gRPC call, the client's deadline bounds the wait for
+//!    the app, and outrider's own answers become gRPC statuses.
+//! 2. [`limits`]: `CONNECT` → 405, a body over the limit → 413, too many
 //!    requests in flight → 503.
-//! 2. [`forward`]: rewrite the head (hop-by-hop headers, `X-Forwarded-*`,
-//!    `Via`, the URI), send it bounded by the request timeout, splice the
-//!    connections after a `101` ([`tunnel`]).
-//! 3. [`pool`] (HTTP/1, connections driven by the requests using them) or
-//!    [`client`] (HTTP/2, hyper-util's client).
-//! 4. [`hold`]: on the connect path only, wait while the app refuses
+//! 3. [`forward`]: choose the protocol to the app (gRPC over HTTP/2, the
+//!    rest over HTTP/1.1, unless one is forced), rewrite the head
+//!    (hop-by-hop headers, `X-Forwarded-*`, `Via`, the URI), send it
+//!    bounded by the request timeout, splice the connections after a `101`
+//!    ([`tunnel`]).
+//! 4. [`pool`] (HTTP/1, connections driven by the requests using them) or
+//!    [`multiplex`] (HTTP/2, one shared connection).
+//! 5. [`hold`]: on the connect path only, wait while the app refuses
 //!    connections, and report every attempt to the app's health.
-//! 5. [`connect`]: one TCP, TLS or Unix connection to the app.
+//! 6. [`connect`]: one TCP, TLS or Unix connection to the app.
 //!
 //! Failures never escape as errors: each becomes a short plain-text
-//! response (502/504/...) carrying its classification ([`error`]), which
-//! telemetry logs and counts with the request's trace id.
+//! response (502/504/...) carrying its classification ([`error`]), or for
+//! gRPC a `grpc-status`, which telemetry logs and counts with the
+//! request's trace id.
 
 mod body;
-pub mod client;
 pub mod connect;
 pub mod error;
 mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod hold;
 mod idle;
 pub mod limits;
+pub mod multiplex;
 pub mod pool;
 #[cfg(test)]
 mod tests;
@@ -34,7 +40,7 @@ mod tunnel;
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http::{
-    HeaderValue, Request, Response, Version,
+    HeaderValue, Request, Response,
     uri::{Authority, Scheme},
 };
 
@@ -42,16 +48,26 @@ pub use self::{body::ProxyBody, error::ProxyError};
 use self::{
     connect::{Target, UpstreamTls},
     forward::{Inner, Peer, Upstream},
+    grpc::Grpc,
     hold::{BufferOptions, Hold},
     limits::{Bounds, Limits},
 };
 use crate::{body::RequestBody, drain::Watch, server::ConnInfo, trust::TrustedProxies};
 
+/// The protocols outrider speaks to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC over HTTP/2, everything else over HTTP/1.1.
+    Auto,
+    Http1,
+    Http2,
+}
+
 /// How to reach the app.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub target: Target,
-    pub http2: bool,
+    pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
@@ -119,17 +135,16 @@ impl Proxy {
             // only has to be a valid, constant pool key.
             Target::Unix(_) => Authority::from_static("localhost"),
         };
-        let upstream = if options.client.http2 {
-            Upstream::Http2(Box::new(client::client(hold, options.client.pool_idle_timeout, options.client.pool_max_idle)))
-        } else {
-            Upstream::Http1(pool::Pool::new(hold, options.client.pool_max_idle, options.client.pool_idle_timeout))
+        let upstream = Upstream {
+            http1: (options.client.protocol != Protocol::Http2)
+                .then(|| pool::Pool::new(hold.clone(), options.client.pool_max_idle, options.client.pool_idle_timeout)),
+            http2: (options.client.protocol != Protocol::Http1).then(|| multiplex::Multiplex::new(hold.for_http2())),
         };
         Self {
             inner: Box::leak(Box::new(Inner {
                 upstream,
-                upstream_scheme: Scheme::HTTP,
+                upstream_scheme: if options.client.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP },
                 upstream_authority,
-                upstream_version: if options.client.http2 { Version::HTTP_2 } else { Version::HTTP_11 },
                 request_timeout: options.request_timeout,
                 via: options.via,
                 scheme: options.scheme,
@@ -153,8 +168,8 @@ impl Proxy {
         }
     }
 
-    /// The service for one accepted connection: the limits, then the
-    /// forwarding.
+    /// The service for one accepted connection: gRPC's shape, the limits,
+    /// then the forwarding.
     pub fn service(
         &self,
         conn: ConnInfo,
@@ -178,6 +193,6 @@ impl Proxy {
         // would be copied whole by every layer that wraps it and again into
         // hyper's connection; one allocation costs less than those copies.
         let forward = tower::service_fn(move |req| Box::pin(forward::forward(inner, peer.clone(), req)));
-        Limits { inner: forward, bounds: self.bounds }
+        Grpc { inner: Limits { inner: forward, bounds: self.bounds } }
     }
 }

@@ -72,7 +72,7 @@ fn options(app: SocketAddr) -> ProxyOptions {
     ProxyOptions {
         client: ClientOptions {
             target: Target::Tcp(app.to_string().into()),
-            http2: false,
+            protocol: super::Protocol::Auto,
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 8,
