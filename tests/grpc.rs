@@ -1,6 +1,8 @@
 //! gRPC end to end: a real tonic service (`common::grpc`) behind the real
 //! outrider binary, called with a tonic client, every call compared with
-//! the same call made to the app directly.
+//! the same call made to the app directly. Every outrider here runs on
+//! the default settings for the protocol to the app: a gRPC-only app, a
+//! mixed app and an HTTP/1-only app must all work with no setting.
 
 mod common;
 
@@ -15,23 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-/// What outrider must be told about a gRPC-only (h2c) app. `None` is the
-/// goal: with per-request protocol selection as the default, gRPC goes to
-/// the app over HTTP/2 with no setting. Until that default exists, the
-/// tests of a gRPC-only app force HTTP/2 here, and only here.
-const GRPC_APP_PROTOCOL: Option<&str> = Some("http2");
-
-/// outrider in front of a gRPC-only app (see [`GRPC_APP_PROTOCOL`]).
-fn outrider_for_grpc_app(upstream: &str) -> Spawn {
-    match GRPC_APP_PROTOCOL {
-        Some(protocol) => outrider(upstream).env("OUTRIDER_UPSTREAM_PROTOCOL", protocol),
-        None => outrider(upstream),
-    }
-}
-
 async fn grpc_app() -> (EchoApp, Outrider) {
     let app = EchoApp::grpc().await;
-    let proxy = outrider_for_grpc_app(&app.url()).start().await;
+    let proxy = outrider(&app.url()).start().await;
     (app, proxy)
 }
 
@@ -69,6 +57,22 @@ async fn unary_call_gives_the_same_reply_through_outrider_as_direct() {
     }
     assert_eq!(replies[0], replies[1]);
     assert_eq!(replies[1].3, "from-the-client", "request metadata reaches the app");
+}
+
+/// `OUTRIDER_UPSTREAM_PROTOCOL=http2` still forces HTTP/2 for everything,
+/// for an h2c-only app whose clients are not all gRPC.
+#[tokio::test(flavor = "multi_thread")]
+async fn forcing_http2_still_serves_a_grpc_app() {
+    let app = EchoApp::grpc().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_UPSTREAM_PROTOCOL", "http2").start().await;
+    let mut client = connect(&proxy.url(""), Some(ORIGIN), None).await;
+    let reply = client.echo(message("forced")).await.unwrap().into_inner();
+    assert_eq!((reply.text.as_str(), reply.version.as_str()), ("forced", "HTTP/2.0"));
+    assert_eq!(reply.authority, AUTHORITY, "the client's :authority is kept when forced too");
+    let mut stream = client.countdown(EchoRequest { count: 2, ..message("tick") }).await.unwrap().into_inner();
+    assert_eq!(next(&mut stream, "a tick").await.unwrap().seq, 0);
+    assert_eq!(next(&mut stream, "a tick").await.unwrap().seq, 1);
+    assert!(next(&mut stream, "the end").await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -314,7 +318,7 @@ async fn app_down_is_unavailable() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_that_stops_is_unavailable() {
     let app = EchoApp::grpc().await;
-    let proxy = outrider_for_grpc_app(&app.url()).env("OUTRIDER_BUFFER_MAX", "0").start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_BUFFER_MAX", "0").start().await;
     let mut client = connect(&proxy.url(""), None, None).await;
     client.echo(message("still there?")).await.expect("the app answers while up");
     app.stop();
@@ -343,7 +347,7 @@ async fn a_missed_grpc_deadline_is_deadline_exceeded_and_the_app_is_let_go() {
 #[tokio::test(flavor = "multi_thread")]
 async fn outriders_own_request_timeout_is_deadline_exceeded() {
     let app = EchoApp::grpc().await;
-    let proxy = outrider_for_grpc_app(&app.url()).env("OUTRIDER_REQUEST_TIMEOUT", "1s").start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_REQUEST_TIMEOUT", "1s").start().await;
     let mut client = raw_client(&proxy.url(""));
     let status = tokio::time::timeout(PATIENCE, client.slow(EchoRequest { gap_ms: 120_000, ..EchoRequest::default() }))
         .await
@@ -351,6 +355,53 @@ async fn outriders_own_request_timeout_is_deadline_exceeded() {
         .expect_err("the app is too slow");
     wait_until("the app's handler to be dropped", || app.cancelled() >= 1).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+/// A client stream that goes quiet before the app has answered is cut by
+/// `OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT`: DEADLINE_EXCEEDED to the client,
+/// and the app's handler is let go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_stream_that_stalls_before_the_answer_is_deadline_exceeded() {
+    let app = EchoApp::grpc().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_REQUEST_BODY_IDLE_TIMEOUT", "1s").start().await;
+    let mut client = raw_client(&proxy.url(""));
+    let (tx, messages) = feed();
+    tx.send(message("and then nothing")).unwrap();
+    let status = tokio::time::timeout(PATIENCE, client.sum(tonic::Request::new(messages)))
+        .await
+        .expect("outrider answered once the stream had been quiet for 1 s")
+        .expect_err("the stream stalled");
+    wait_until("the app's handler to be dropped", || app.cancelled() >= 1).await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
+}
+
+/// A message over `OUTRIDER_MAX_BODY_BYTES` is RESOURCE_EXHAUSTED to a
+/// gRPC client (413 to others), not an HTTP status it cannot read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_too_large_is_resource_exhausted() {
+    let app = EchoApp::grpc().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_MAX_BODY_BYTES", "1024").start().await;
+    let mut client = connect(&proxy.url(""), None, None).await;
+    let large = EchoRequest { payload: Bytes::from(vec![7u8; 4096]), ..EchoRequest::default() };
+    let status = client.echo(large).await.expect_err("a 4 KiB message over a 1 KiB limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let small = client.echo(message("small")).await.expect("a message under the limit passes");
+    assert_eq!(small.into_inner().text, "small");
+}
+
+/// A call shed by `OUTRIDER_MAX_INFLIGHT` is RESOURCE_EXHAUSTED.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shed_call_is_resource_exhausted() {
+    let app = EchoApp::grpc().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_MAX_INFLIGHT", "1").start().await;
+    let mut client = connect(&proxy.url(""), None, None).await;
+    let mut caller = client.clone();
+    let slow = tokio::spawn(async move { caller.slow(EchoRequest { gap_ms: 120_000, ..EchoRequest::default() }).await });
+    wait_until("the slow call to hold the only slot", || app.started() >= 1).await;
+    let status = client.echo(message("one too many")).await.expect_err("shed");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    slow.abort();
 }
 
 // ===== a mixed app (gRPC + HTTP + WebSocket on one port), default settings =====
@@ -461,7 +512,7 @@ async fn an_http1_app_reached_by_an_h2c_client_gets_http1() {
 async fn tls_from_the_client_with_alpn_h2_reaches_a_grpc_app() {
     let pki = Pki::new("grpc-listener");
     let app = EchoApp::grpc().await;
-    let proxy = outrider_for_grpc_app(&app.url())
+    let proxy = outrider(&app.url())
         .env("OUTRIDER_TLS_CERT", &pki.path("server.crt"))
         .env("OUTRIDER_TLS_KEY", &pki.path("server.key"))
         .start()
@@ -488,7 +539,7 @@ async fn tls_from_the_client_with_alpn_h2_reaches_a_grpc_app() {
 async fn an_https_upstream_speaking_h2_serves_grpc() {
     let pki = Pki::new("grpc-upstream");
     let app = EchoApp::grpc_tls(&pki).await;
-    let proxy = outrider_for_grpc_app(&app.url()).env("OUTRIDER_UPSTREAM_CA", &pki.path("ca.pem")).start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_UPSTREAM_CA", &pki.path("ca.pem")).start().await;
     let mut direct = connect(&app.url(), None, Some(&pki)).await;
     let mut through = connect(&proxy.url(""), None, None).await;
 
