@@ -86,9 +86,10 @@ pub struct EchoReply {
 }
 
 impl EchoReply {
-    /// The reply without what legitimately differs between a direct call
-    /// and one through a proxy (nothing, once the authority is preserved:
-    /// kept for the comparisons that connect to two different addresses).
+    /// The reply without its authority and version: what a comparison of
+    /// a direct call with one through outrider expects to be equal when
+    /// the client connects to two different addresses (whose authorities
+    /// differ by their ports).
     pub fn content(&self) -> (Bytes, String, u32, String) {
         (self.payload.clone(), self.text.clone(), self.seq, self.metadata.clone())
     }
@@ -516,12 +517,13 @@ pub async fn connect(url: &str, origin: Option<&str>, tls: Option<&Pki>) -> Echo
     EchoClient::new(channel)
 }
 
+/// The transport of [`raw_client`].
+pub type RawTransport = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+
 /// A client on a plain hyper h2c client: unlike tonic's `Channel` it does
 /// not enforce `grpc-timeout` itself, so a deadline test sees what the
 /// server side (outrider) answered rather than the client's own timer.
-pub fn raw_client(
-    url: &str,
-) -> EchoClient<hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>> {
+pub fn raw_client(url: &str) -> EchoClient<RawTransport> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     EchoClient {
         inner: tonic::client::Grpc::with_origin(client, url.parse().unwrap())
