@@ -147,6 +147,20 @@ async fn http2_to_the_app_when_configured() {
     assert_eq!(app.last().version, Version::HTTP_2);
 }
 
+/// Over HTTP/2 the error that cuts a request body does not come back with
+/// the failed exchange: outrider must still answer 413 for its own limit,
+/// not a 502 that blames the app.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_the_limit_is_413_over_http2_to_the_app_too() {
+    let app = App::start().await;
+    let proxy = outrider(&app.url()).env("OUTRIDER_UPSTREAM_PROTOCOL", "http2").env("OUTRIDER_MAX_BODY_BYTES", "1024").start().await;
+    // Chunked, so the limit is met while streaming rather than by Content-Length.
+    let (status, _, body) = send(&client(), Request::post(proxy.url("/count")).body(pattern_body(64 * 1024)).unwrap()).await.unwrap();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let line = proxy.wait_log("the upstream failure line", |l| l.contains("upstream request failed")).await;
+    assert!(line.contains("payload_too_large"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn trailers_and_expect_continue_pass_through() {
     let app = App::start().await;
