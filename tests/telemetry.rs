@@ -541,11 +541,18 @@ async fn the_docs_metric_table_lists_every_served_family_and_label() {
     use std::collections::{BTreeMap, BTreeSet};
     let app = App::start().await;
     let proxy = outrider(&app.url()).env("OUTRIDER_ROUTES", "/r/{id}").start().await;
-    // The request histogram has series once a request was recorded.
+    // The request histograms have series once a request was recorded: the
+    // gRPC one once a gRPC call was, whatever the app made of it (this
+    // app is no gRPC server; the call ends with or without a status).
     assert_eq!(get(&proxy.url("/r/1")).await.unwrap().0, 200);
-    let text = eventually("the request to be recorded", || {
+    let call = Request::post(proxy.url("/r/2")).header("content-type", "application/grpc").body(full("")).unwrap();
+    send(&client(), call).await.unwrap();
+    let text = eventually("the requests to be recorded", || {
         let proxy = &proxy;
-        async move { Some(scrape(proxy).await).filter(|t| t.contains("http_server_request_duration_seconds_count{")) }
+        async move {
+            Some(scrape(proxy).await)
+                .filter(|t| t.contains("http_server_request_duration_seconds_count{") && t.contains("rpc_server_duration_seconds_count{"))
+        }
     })
     .await;
 
