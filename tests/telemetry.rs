@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{otlp::*, *};
+use common::{exposition::*, otlp::*, *};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::{
@@ -48,6 +48,9 @@ fn traced(app: &App, endpoint: &str, protocol: &str) -> Spawn {
         .env("OTEL_SERVICE_NAME", "legacy-shop")
         .env("K8S_POD_NAME", "shop-7d9f-abcde")
 }
+
+/// The request histogram.
+const DURATION: &str = "http_server_request_duration_seconds";
 
 const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
@@ -247,19 +250,6 @@ async fn a_dead_collector_neither_slows_requests_nor_blocks_the_exit() {
     .await;
 }
 
-/// Reads one sample of `name` with exactly these labels from the text format.
-fn sample(text: &str, name: &str, labels: &str) -> f64 {
-    let prefix = if labels.is_empty() { format!("{name} ") } else { format!("{name}{{{labels}}} ") };
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-async fn scrape(proxy: &Outrider) -> String {
-    let (status, headers, body) = get(&proxy.admin_url("/metrics")).await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
-    String::from_utf8(body.to_vec()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_exactly_the_requests_sent_and_pass_promtool() {
     let app = App::start().await;
@@ -325,30 +315,6 @@ async fn metrics_count_exactly_the_requests_sent_and_pass_promtool() {
 
     promtool_check(&after);
     promtool_check(&text);
-}
-
-/// Runs `promtool check metrics` when it is installed; CI installs it and
-/// sets CI=true, which makes its absence a failure there.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(_) if std::env::var("CI").is_err() => {
-            eprintln!("promtool not installed: skipping the exposition-format check (CI runs it)");
-            return;
-        }
-        Err(e) => panic!("promtool is required in CI: {e}"),
-    };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool check metrics failed:\n{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -468,162 +434,6 @@ async fn the_none_exporter_exports_nothing_but_still_propagates() {
     assert!(receiver.spans().is_empty());
 }
 
-/// What Prometheus sends when its exemplar storage is on.
-const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
-
-/// Scrapes `/metrics` as Prometheus does when it stores exemplars.
-async fn scrape_openmetrics(proxy: &Outrider) -> String {
-    let req = Request::get(proxy.admin_url("/metrics")).header("accept", PROMETHEUS_ACCEPT).body(full("")).unwrap();
-    let (status, headers, body) = send(&client(), req).await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(headers["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
-    String::from_utf8(body.to_vec()).unwrap()
-}
-
-/// One sample line: its name, its labels (unescaped), and what follows
-/// them (the value, and in OpenMetrics maybe an exemplar).
-fn parse_sample(line: &str) -> (&str, Vec<(String, String)>, &str) {
-    let end = line.find(['{', ' ']).unwrap_or(line.len());
-    let (name, mut rest) = line.split_at(end);
-    let mut labels = Vec::new();
-    if let Some(mut inner) = rest.strip_prefix('{') {
-        loop {
-            if let Some(after) = inner.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let (label, after) = inner.split_once("=\"").unwrap_or_else(|| panic!("bad labels: {line}"));
-            let mut value = String::new();
-            let mut chars = after.char_indices();
-            let close = loop {
-                match chars.next() {
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, 'n')) => value.push('\n'),
-                        Some((_, c)) => value.push(c),
-                        None => panic!("bad escape: {line}"),
-                    },
-                    Some((i, '"')) => break i,
-                    Some((_, c)) => value.push(c),
-                    None => panic!("unterminated label value: {line}"),
-                }
-            };
-            labels.push((label.trim_start_matches(',').to_owned(), value));
-            inner = &after[close + 1..];
-        }
-    }
-    (name, labels, rest.trim_start())
-}
-
-/// An exemplar on a bucket of the request histogram, with its bucket.
-#[derive(Debug)]
-struct BucketExemplar {
-    /// The series' labels, `le` left out.
-    series: Vec<(String, String)>,
-    /// The bucket: (lower bound, exclusive; upper bound, inclusive).
-    bucket: (f64, f64),
-    trace_id: String,
-    span_id: String,
-    value: f64,
-    timestamp: f64,
-}
-
-fn exemplars(openmetrics: &str) -> Vec<BucketExemplar> {
-    let mut found = Vec::new();
-    let mut previous: Option<(Vec<(String, String)>, f64)> = None;
-    for line in openmetrics.lines().filter(|l| l.starts_with("http_server_request_duration_seconds_bucket{")) {
-        let (_, mut series, rest) = parse_sample(line);
-        let (_, le) = series.pop().filter(|(name, _)| name == "le").unwrap_or_else(|| panic!("le is not the last label: {line}"));
-        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
-        let lower = match &previous {
-            Some((s, bound)) if *s == series => *bound,
-            _ => f64::NEG_INFINITY,
-        };
-        previous = Some((series.clone(), le));
-        let Some((_, exemplar)) = rest.split_once(" # ") else { continue };
-        let (_, ids, rest) = parse_sample(exemplar);
-        let id = |name: &str| ids.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
-        assert_eq!(ids.len(), 2, "{line}");
-        let (value, timestamp) = rest.split_once(' ').unwrap_or_else(|| panic!("an exemplar without a timestamp: {line}"));
-        found.push(BucketExemplar {
-            series,
-            bucket: (lower, le),
-            trace_id: id("trace_id"),
-            span_id: id("span_id"),
-            value: value.parse().unwrap(),
-            timestamp: timestamp.parse().unwrap(),
-        });
-    }
-    found
-}
-
-/// The series names and labels of an exposition, values left out.
-fn series_of(text: &str) -> std::collections::BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, labels, _) = parse_sample(l);
-            format!("{name}{labels:?}")
-        })
-        .collect()
-}
-
-/// The OpenMetrics exposition as text format 0.0.4, for promtool, which
-/// reads only that: exemplars, `# UNIT` and `# EOF` left out, counter
-/// families named with their `_total` again.
-fn openmetrics_as_text(openmetrics: &str) -> String {
-    let counters: Vec<&str> = openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
-    let mut text = String::new();
-    for line in openmetrics.lines().filter(|l| *l != "# EOF" && !l.starts_with("# UNIT ")) {
-        let line = match ["# TYPE ", "# HELP "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?))) {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap();
-                let total = if counters.contains(&name) { "_total" } else { "" };
-                format!("{prefix}{name}{total} {}", tail.replace("\\\"", "\""))
-            }
-            None => line.split(" # {").next().unwrap().to_owned(),
-        };
-        text.push_str(&line);
-        text.push('\n');
-    }
-    text
-}
-
-/// Parses `text` with the OpenMetrics reference parser (the Python
-/// client's: strict about `# EOF`, names, types, counters' `_total`,
-/// buckets, exemplars and their length) when it is installed; CI installs
-/// it and sets CI=true, which makes its absence a failure there.
-fn openmetrics_check(text: &str) {
-    use std::io::Write;
-    const SCRIPT: &str = "import sys
-try:
-    from prometheus_client.openmetrics.parser import text_string_to_metric_families
-except ImportError:
-    sys.exit(3)
-for family in text_string_to_metric_families(sys.stdin.read()):
-    pass
-";
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.code() == Some(3) {
-        assert!(std::env::var("CI").is_err(), "the Python prometheus-client (OpenMetrics parser) is required in CI");
-        eprintln!("prometheus-client for Python not installed: skipping the OpenMetrics parser check (CI runs it)");
-        return;
-    }
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the OpenMetrics parser refused the exposition:\n{report}\n{text}");
-}
-
-fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-}
-
 /// Prometheus's default `Accept` gets OpenMetrics, whose request histogram
 /// carries exemplars: each names a trace the collector received, the span
 /// of the request it stands for, in the bucket of its own value. The
@@ -652,7 +462,7 @@ async fn openmetrics_exemplars_link_latency_to_exported_traces() {
 
     let om = scrape_openmetrics(&proxy).await;
     let spans = receiver.spans();
-    let found = exemplars(&om);
+    let found = exemplars(&om, DURATION);
     assert!(!found.is_empty(), "no exemplar on the request histogram:\n{om}");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     for e in &found {
@@ -694,7 +504,7 @@ async fn openmetrics_exemplars_link_latency_to_exported_traces() {
     let om = scrape_openmetrics(&broken).await;
     let labels = r#"error_type="connect",http_request_method="GET",http_response_status_code="502",network_protocol_version="1.1",url_scheme="http""#;
     assert_eq!(sample(&om, "http_server_request_duration_seconds_count", labels), 1.0, "{om}");
-    let found = exemplars(&om);
+    let found = exemplars(&om, DURATION);
     assert_eq!(found.len(), 1, "{om}");
     assert_eq!((found[0].trace_id.as_str(), label(&found[0].series, "error_type")), (dead.trace_id().as_str(), Some("connect")));
     openmetrics_check(&om);
@@ -719,7 +529,7 @@ async fn unsampled_requests_leave_no_exemplar() {
         }
     })
     .await;
-    assert!(exemplars(&om).is_empty() && !om.contains(" # {"), "{om}");
+    assert!(exemplars(&om, DURATION).is_empty() && !om.contains(" # {"), "{om}");
     openmetrics_check(&om);
 }
 
@@ -731,11 +541,18 @@ async fn the_docs_metric_table_lists_every_served_family_and_label() {
     use std::collections::{BTreeMap, BTreeSet};
     let app = App::start().await;
     let proxy = outrider(&app.url()).env("OUTRIDER_ROUTES", "/r/{id}").start().await;
-    // The request histogram has series once a request was recorded.
+    // The request histograms have series once a request was recorded: the
+    // gRPC one once a gRPC call was, whatever the app made of it (this
+    // app is no gRPC server; the call ends with or without a status).
     assert_eq!(get(&proxy.url("/r/1")).await.unwrap().0, 200);
-    let text = eventually("the request to be recorded", || {
+    let call = Request::post(proxy.url("/r/2")).header("content-type", "application/grpc").body(full("")).unwrap();
+    send(&client(), call).await.unwrap();
+    let text = eventually("the requests to be recorded", || {
         let proxy = &proxy;
-        async move { Some(scrape(proxy).await).filter(|t| t.contains("http_server_request_duration_seconds_count{")) }
+        async move {
+            Some(scrape(proxy).await)
+                .filter(|t| t.contains("http_server_request_duration_seconds_count{") && t.contains("rpc_server_duration_seconds_count{"))
+        }
     })
     .await;
 

@@ -54,6 +54,7 @@ pub fn init_logging(filter: &str, format: Format) -> anyhow::Result<tracing_appe
 mod batch;
 mod env;
 mod exemplar;
+pub mod grpc;
 pub mod metrics;
 pub mod observe;
 pub mod openmetrics;

@@ -9,6 +9,12 @@
 //! status. When the response body ends (or the client goes away), end the
 //! span, record the histogram and write the access log: the duration covers
 //! the whole exchange, not just the response head.
+//!
+//! A gRPC call (a `POST` of `application/grpc`) is also described by the
+//! RPC conventions: its span is named `package.Service/Method` and carries
+//! `rpc.*` attributes, and its gRPC status, read from the response's
+//! trailers (or from its headers, for a trailers-only answer), decides
+//! whether it failed: a gRPC error comes with HTTP 200.
 
 use std::{
     borrow::Cow,
@@ -33,7 +39,8 @@ use opentelemetry_sdk::trace::{SdkTracer, Span};
 use tracing::{info, warn};
 
 use super::{
-    metrics::{Finished, METHODS, Metrics, TraceRef, method_index, version_label},
+    grpc::{self, Code},
+    metrics::{Finished, GRPC_STATUS_MISSING, METHODS, Metrics, TraceRef, method_index, version_label},
     otel::Tracing,
     propagation::{self, Format, Propagators, hex_into},
     routes::Routes,
@@ -132,10 +139,23 @@ impl Observer {
         };
         let method = method_index(req.method());
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
+        // The only work a request that is not gRPC does for gRPC: a method
+        // comparison (and, for a POST, a header look-up).
+        let grpc = grpc::is_call(req.method(), req.headers());
         let span = self.tracer.as_ref().map(|tracer| {
             let parent = self.parent(req.headers());
-            let name = self.span_names[route.unwrap_or(self.span_names.len() - 1)][method].clone();
-            let mut attributes = Vec::with_capacity(12);
+            let mut name = self.span_names[route.unwrap_or(self.span_names.len() - 1)][method].clone();
+            let mut attributes = Vec::with_capacity(if grpc { 16 } else { 12 });
+            if grpc {
+                attributes.push(KeyValue::new("rpc.system", "grpc"));
+                // Three copies of the path's parts per call (span names are
+                // `Cow<'static, str>`, so not shareable): gRPC calls only.
+                if let Some((service, rpc_method)) = grpc::service_method(req.uri().path()) {
+                    name = Cow::Owned(format!("{service}/{rpc_method}"));
+                    attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+                    attributes.push(KeyValue::new("rpc.method", rpc_method.to_owned()));
+                }
+            }
             attributes.push(KeyValue::new("http.request.method", METHODS[method]));
             if method == METHODS.len() - 1 {
                 attributes.push(KeyValue::new("http.request.method_original", req.method().as_str().to_owned()));
@@ -203,6 +223,7 @@ impl Observer {
             bytes_out: 0,
             upstream_ms: None,
             error_kind: None,
+            grpc: grpc.then_some(None),
             done: false,
         })
     }
@@ -283,6 +304,8 @@ struct RequestState {
     bytes_out: u64,
     upstream_ms: Option<f64>,
     error_kind: Option<&'static str>,
+    /// For a gRPC call, its status once the response has carried one.
+    grpc: Option<Option<Code>>,
     done: bool,
 }
 
@@ -303,7 +326,15 @@ impl RequestState {
         let elapsed = end.saturating_duration_since(self.start);
         observer.metrics.active_requests.dec();
         observer.metrics.response_body_bytes.inc_by(self.bytes_out);
-        let error_type = self.error_kind.or(if body_error { Some("response_body_aborted") } else { None });
+        // outrider's own error kind says most; then a broken body; then, for
+        // a gRPC call, a status that is a server error or no status at all
+        // (unless a 5xx says more: its code is the error type then).
+        let grpc_error = match self.grpc {
+            Some(Some(code)) if code.is_server_error() => Some(code.name()),
+            Some(None) if self.status < 500 => Some(GRPC_STATUS_MISSING),
+            _ => None,
+        };
+        let error_type = self.error_kind.or(if body_error { Some("response_body_aborted") } else { None }).or(grpc_error);
         // A sampled span that is exported becomes its bucket's exemplar;
         // without an exporter there is no trace for it to link to.
         let trace = match &self.span {
@@ -323,10 +354,14 @@ impl RequestState {
             seconds: elapsed.as_secs_f64(),
             end,
             trace,
+            grpc: self.grpc,
         });
         let ids = TraceIds::of(self.span.as_ref());
         if let Some(span) = &mut self.span {
             span.set_attribute(KeyValue::new("http.response.status_code", i64::from(self.status)));
+            if let Some(Some(code)) = self.grpc {
+                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code.value())));
+            }
             if let Some(kind) = error_type {
                 span.set_attribute(KeyValue::new("error.type", kind));
             } else if self.status >= 500 {
@@ -353,6 +388,7 @@ impl RequestState {
                 client = %self.client.to_canonical(),
                 protocol = version_label(self.version),
                 error = self.error_kind,
+                grpc_status = self.grpc.flatten().map(Code::value),
                 trace_id = ids.trace_id(),
                 span_id = ids.span_id(),
                 "request"
@@ -564,6 +600,11 @@ where
             return Poll::Pending;
         };
         state.status = response.status().as_u16();
+        if state.grpc.is_some() {
+            // A trailers-only answer (an error, from the app or outrider)
+            // has its status here; any other has it in its trailers.
+            state.grpc = Some(Code::of(response.headers()));
+        }
         state.record_outcome(response.body());
         if state.observer.options.trace_response {
             if let Some(span) = &state.span {
@@ -598,6 +639,10 @@ impl<B: Body<Data = Bytes> + Outcome + Unpin> Body for ObservedBody<B> {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.state.bytes_out += data.len() as u64;
+                } else if this.state.grpc.is_some() {
+                    if let Some(code) = frame.trailers_ref().and_then(Code::of) {
+                        this.state.grpc = Some(Some(code));
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.state.finish(false);

@@ -20,6 +20,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+pub mod exposition;
 pub mod grpc;
 pub mod otlp;
 pub mod otlp_faulty;
