@@ -1,4 +1,4 @@
-# Shared by run.sh, callgrind.sh and profile.sh: sourced, not run.
+# Shared by run.sh, grpc.sh, callgrind.sh and profile.sh: sourced, not run.
 
 # Stops every process in the PIDS array, newest first (outrider flushes its
 # spans to the sink and closes its upstream connections before those go):
