@@ -231,7 +231,7 @@ for t in "${TARGETS[@]}"; do
     status="$(tr -d '\r' <"$TMP/check-$t.headers" | awk -F': ' 'tolower($1) == "grpc-status" { print $2 }')"
     body="$(od -An -tx1 -v "$TMP/check-$t.body" | tr -d ' \n')"
     [[ $status == 0 && $body == "$RESPONSE_HEX" ]] ||
-        die "$t: grpc-status '${status:-none}' and response '$body' (want 0 and $RESPONSE_HEX); headers: $(tr -d '\r' <"$TMP/check-$t.headers" | tr '\n' ' ')"
+        die "$t: grpc-status '${status:-none}' and response $body (\"$(head -c 120 "$TMP/check-$t.body" | tr -c '[:print:]' .)\"; want 0 and $RESPONSE_HEX); headers: $(tr -d '\r' <"$TMP/check-$t.headers" | tr '\n' ' ')"
     echo "$t: grpc-status 0, response message as expected" >&2
 done
 
