@@ -9,6 +9,8 @@ Subcommands (each prints JSON on stdout unless noted):
   start-to-ready start outrider N times, time process start -> /readyz 200
   readyz-latency N sequential /readyz requests (new connection each), p50/p99
   report         aggregate records + extras -> results JSON, markdown table
+  grpc-record    parse one h2load output (benches/grpc.sh), check it, add CPU figures
+  grpc-report    aggregate grpc-record's records -> results JSON, markdown table
 
 Only the standard library is used.
 """
@@ -81,33 +83,30 @@ def parse_wrk(text):
     return out
 
 
-def cmd_record(a):
-    with open(a.wrk) as f:
-        w = parse_wrk(f.read())
-    rec = {"load": a.load, "target": a.target, "round": a.round, "url": a.url, **w, "warnings": []}
-    if w["requests"] and w["socket_errors"] and sum(w["socket_errors"].values()) > w["requests"] // 1000:
-        rec["warnings"].append("socket errors above 0.1% of requests")
-    if w["non_2xx_3xx"]:
-        rec["warnings"].append(f"{w['non_2xx_3xx']} responses were not 2xx/3xx")
+def cpu_per_request(before, after, clk_tck, n):
+    """CPU seconds between two "utime stime" readings (clock ticks), and per
+    request for n requests."""
+    if not before or not after:
+        return None
+    (u0, s0), (u1, s1) = (map(int, before.split()), map(int, after.split()))
+    user, system = (u1 - u0) / clk_tck, (s1 - s0) / clk_tck
+    n = n or None
+    return {
+        "cpu_s": user + system,
+        "user_s": user,
+        "system_s": system,
+        "cpu_us_per_req": (user + system) * 1e6 / n if n else None,
+        "user_us_per_req": user * 1e6 / n if n else None,
+        "system_us_per_req": system * 1e6 / n if n else None,
+    }
 
-    def cpu(before, after):
-        """before/after: "utime stime" in clock ticks."""
-        if not before or not after:
-            return None
-        (u0, s0), (u1, s1) = (map(int, before.split()), map(int, after.split()))
-        user, system = (u1 - u0) / a.clk_tck, (s1 - s0) / a.clk_tck
-        n = w["requests"] or None
-        return {
-            "cpu_s": user + system,
-            "user_s": user,
-            "system_s": system,
-            "cpu_us_per_req": (user + system) * 1e6 / n if n else None,
-            "user_us_per_req": user * 1e6 / n if n else None,
-            "system_us_per_req": system * 1e6 / n if n else None,
-        }
 
-    rec["proxy_cpu"] = cpu(a.proxy_cpu_before, a.proxy_cpu_after)
-    rec["upstream_cpu"] = cpu(a.upstream_cpu_before, a.upstream_cpu_after)
+def add_cpu(rec, a, n):
+    """The proxy's and the upstream's CPU per request, and how busy the
+    servers' CPU was with other processes, from run.sh's (or grpc.sh's)
+    before/after readings, into rec."""
+    rec["proxy_cpu"] = cpu_per_request(a.proxy_cpu_before, a.proxy_cpu_after, a.clk_tck, n)
+    rec["upstream_cpu"] = cpu_per_request(a.upstream_cpu_before, a.upstream_cpu_after, a.clk_tck, n)
     if a.sys_before and a.sys_after:
         b0, st0, t0, o0 = map(int, a.sys_before.split())
         b1, st1, t1, o1 = map(int, a.sys_after.split())
@@ -123,6 +122,18 @@ def cmd_record(a):
                 f"CPU {a.server_cpu} was {rec['server_cpu']['foreign'] * 100:.0f}% busy with other processes "
                 f"and {rec['server_cpu']['steal'] * 100:.0f}% stolen during the run"
             )
+
+
+def cmd_record(a):
+    with open(a.wrk) as f:
+        w = parse_wrk(f.read())
+    rec = {"load": a.load, "target": a.target, "round": a.round, "url": a.url, **w, "warnings": []}
+    if w["requests"] and w["socket_errors"] and sum(w["socket_errors"].values()) > w["requests"] // 1000:
+        rec["warnings"].append("socket errors above 0.1% of requests")
+    if w["non_2xx_3xx"]:
+        rec["warnings"].append(f"{w['non_2xx_3xx']} responses were not 2xx/3xx")
+
+    add_cpu(rec, a, w["requests"])
     with open(a.out, "a") as f:
         f.write(json.dumps(rec) + "\n")
     lat = w["latency_us"]
@@ -141,6 +152,210 @@ def cmd_mibps(a):
         w = parse_wrk(f.read())
     print(json.dumps(round(w["rps"], 1)))
     print(f"  1m   {a.target:<13} {w['rps']:8.0f} MiB/s", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
+# h2load output (benches/grpc.sh)
+
+
+def _h2load_bytes(text):
+    """The exact count h2load prints in parentheses: "1.23MB (1289748)"."""
+    return int(re.search(r"\((\d+)\)", text).group(1))
+
+
+def parse_h2load(text):
+    """The numbers of one h2load run (nghttp2 1.4x-1.6x): calls, their
+    outcome, bytes of DATA payload received, and the per-call time (h2load
+    prints min, max, mean and sd, no percentiles)."""
+    out = {}
+    for line in text.splitlines():
+        s = line.strip()
+        m = re.match(r"finished in ([0-9.]+)(\w+), ([0-9.]+) req/s", s)
+        if m:
+            out["duration_s"] = _to_us(m.group(1) + m.group(2)) / 1e6
+            out["rps"] = float(m.group(3))
+            continue
+        m = re.match(
+            r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", s
+        )
+        if m:
+            keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+            out["calls"] = dict(zip(keys, map(int, m.groups())))
+            continue
+        m = re.match(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", s)
+        if m:
+            out["status"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, m.groups())))
+            continue
+        if s.startswith("traffic:"):
+            parts = s[len("traffic:") :].split(",")
+            out["traffic_bytes"] = _h2load_bytes(parts[0])
+            out["header_bytes"] = _h2load_bytes(parts[1])
+            out["data_bytes"] = _h2load_bytes(parts[-1])
+            continue
+        m = re.match(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", s)
+        if m:
+            out["latency_us"] = dict(zip(("min", "max", "mean", "sd"), map(_to_us, m.groups())))
+    for key in ("rps", "calls", "status", "data_bytes"):
+        if key not in out:
+            raise ValueError(f"h2load output has no {key!r}:\n{text}")
+    out["requests"] = out["calls"]["succeeded"]
+    return out
+
+
+def cmd_grpc_record(a):
+    with open(a.h2load) as f:
+        h = parse_h2load(f.read())
+    rec = {"load": a.load, "target": a.target, "round": a.round, "url": a.url, **h, "warnings": []}
+    c = h["calls"]
+    # h2load counts a call as succeeded on HTTP status 200, which is also
+    # what a gRPC error carries. Each successful call here brings one
+    # response message of a.response_bytes (its 5-byte frame header
+    # included); an error is trailers-only, without one. So the DATA bytes
+    # received say whether every call that h2load counted got its answer.
+    # Calls still in flight when a timed run stops (started, not done) may
+    # have brought their status or message too: at most that many more.
+    errors = []
+    if c["failed"] or c["errored"] or c["timeout"]:
+        errors.append(f"{c['failed']} failed, {c['errored']} errored, {c['timeout']} timed out")
+    st = h["status"]
+    # A call in flight at the stop may have had its 200 counted already.
+    if c["succeeded"] != c["done"] or st["3xx"] + st["4xx"] + st["5xx"] or not c["done"] <= st["2xx"] <= c["started"]:
+        errors.append(f"{c['done']} done, {c['succeeded']} succeeded; status codes {st}")
+    if not c["done"] * a.response_bytes <= h["data_bytes"] <= c["started"] * a.response_bytes:
+        errors.append(
+            f"{h['data_bytes']} bytes of response messages for {c['done']} calls "
+            f"(expected {a.response_bytes} each): some calls got no message (gRPC errors?)"
+        )
+    if not c["succeeded"]:
+        errors.append("no call succeeded")
+    add_cpu(rec, a, c["succeeded"])
+    rec["errors"] = errors
+    with open(a.out, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    cpu_txt = f", proxy CPU {rec['proxy_cpu']['cpu_us_per_req']:.2f} us/call" if rec["proxy_cpu"] and c["succeeded"] else ""
+    lat = h.get("latency_us", {})
+    print(
+        f"  {a.load:>7} {a.target:<9} round {a.round}: {h['rps']:>9.0f} calls/s, mean {lat.get('mean', 0):.0f} us{cpu_txt}"
+        + "".join(f"\n    WARNING: {x}" for x in rec["warnings"])
+        + "".join(f"\n    ERROR: {x}" for x in errors),
+        file=sys.stderr,
+    )
+    if errors:
+        sys.exit(1)
+
+
+GRPC_TARGETS = ["direct", "nginx", "outrider"]
+
+
+def summarize_grpc(records, loads):
+    summary = {}
+    for load in loads:
+        summary[load] = {}
+        for t in GRPC_TARGETS:
+            rs = [r for r in records if r["load"] == load and r["target"] == t]
+            if not rs:
+                continue
+            rps = [r["rps"] for r in rs]
+            cpu = [r["proxy_cpu"]["cpu_us_per_req"] for r in rs if r.get("proxy_cpu")]
+            up = [r["upstream_cpu"]["cpu_us_per_req"] for r in rs if r.get("upstream_cpu")]
+            summary[load][t] = {
+                "rounds": len(rs),
+                "calls_per_s": _mean(rps),
+                "calls_per_s_rounds": [round(x) for x in rps],
+                "mean_latency_us": _mean([r.get("latency_us", {}).get("mean") for r in rs]),
+                "max_latency_us": max((r.get("latency_us", {}).get("max", 0) for r in rs), default=None),
+                "proxy_cpu_us_per_call": _mean(cpu) if cpu else None,
+                "proxy_user_us_per_call": _mean([r["proxy_cpu"]["user_us_per_req"] for r in rs if r.get("proxy_cpu")]) if cpu else None,
+                "proxy_system_us_per_call": _mean([r["proxy_cpu"]["system_us_per_req"] for r in rs if r.get("proxy_cpu")]) if cpu else None,
+                "proxy_cpu_us_per_call_rounds": [round(x, 2) for x in cpu],
+                "app_cpu_us_per_call": _mean(up) if up else None,
+                "calls": sum(r["requests"] for r in rs),
+                "warnings": [f"round {r['round']}: {x}" for r in rs for x in r.get("warnings", [])],
+                "foreign_cpu_max": max((r["server_cpu"]["foreign"] for r in rs if r.get("server_cpu")), default=None),
+            }
+        d, n = summary[load].get("direct"), summary[load].get("nginx")
+        for t, x in summary[load].items():
+            x["calls_per_s_vs_direct"] = x["calls_per_s"] / d["calls_per_s"] if d else None
+            x["calls_per_s_vs_nginx"] = x["calls_per_s"] / n["calls_per_s"] if n else None
+            x["cpu_vs_nginx"] = (
+                x["proxy_cpu_us_per_call"] / n["proxy_cpu_us_per_call"]
+                if n and n["proxy_cpu_us_per_call"] and x["proxy_cpu_us_per_call"] is not None
+                else None
+            )
+    return summary
+
+
+def _spread(xs, fmt):
+    return "" if len(xs) < 2 else f" ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+
+
+def markdown_grpc(summary, meta):
+    out = []
+    if meta.get("mode") == "quick":
+        out.append("_Quick mode: one round of 2-second runs. A smoke test of the plumbing; the numbers are indicative only._\n")
+    for load, spec in meta["loads"].items():
+        s = summary.get(load)
+        if not s:
+            continue
+        out.append(f"#### {spec['title']}\n")
+        out.append(
+            "| target | calls/s (rounds' range) | mean latency | calls/s vs direct | calls/s vs nginx "
+            "| CPU µs/call (user + sys) (rounds' range) | CPU/call vs nginx |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        for t in GRPC_TARGETS:
+            if t not in s:
+                continue
+            r = s[t]
+            cpu = r["proxy_cpu_us_per_call"]
+            if t == "direct" or cpu is None:
+                cpu_txt = f"({_f(r['app_cpu_us_per_call'], '{:.2f}')} app)"
+            else:
+                cpu_txt = (
+                    f"{cpu:.2f} ({r['proxy_user_us_per_call']:.1f} user + {r['proxy_system_us_per_call']:.1f} sys)"
+                    + _spread(r["proxy_cpu_us_per_call_rounds"], "{:.2f}")
+                )
+            out.append(
+                f"| {t} | {r['calls_per_s']:.0f}{_spread(r['calls_per_s_rounds'], '{:.0f}')} | {_lat(r['mean_latency_us'])} | "
+                f"{_ratio(r['calls_per_s_vs_direct'])} | {_ratio(r['calls_per_s_vs_nginx'])} | {cpu_txt} | "
+                f"{_ratio(r['cpu_vs_nginx']) if t != 'direct' else '–'} |"
+            )
+        out.append("")
+    warnings = [f"{load} {t}, {w}" for load in summary for t, r in summary[load].items() for w in r["warnings"]]
+    busy = meta.get("machine_busy_before")
+    if busy is not None and busy > 0.10:
+        warnings.insert(0, f"the machine was {busy * 100:.0f}% busy before the load started: results are noisy")
+    if warnings:
+        out.append("Warnings:\n")
+        out.extend(f"* {w}" for w in warnings[:12])
+        if len(warnings) > 12:
+            out.append(f"* ... and {len(warnings) - 12} more (see the JSON)")
+        out.append("")
+    return "\n".join(out)
+
+
+def cmd_grpc_report(a):
+    with open(a.records) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    with open(a.meta) as f:
+        meta = json.load(f)
+    summary = summarize_grpc(records, list(meta["loads"]))
+    result = {
+        "schema": 1,
+        "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+        "summary": summary,
+        "runs": records,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.json_out)), exist_ok=True)
+    with open(a.json_out, "w") as f:
+        json.dump(result, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    md = markdown_grpc(summary, meta)
+    if a.md_out:
+        with open(a.md_out, "w") as f:
+            f.write(md + "\n")
+    print(md)
 
 
 # --------------------------------------------------------------------------
@@ -688,6 +903,30 @@ def main():
         r.add_argument(f"--{k}-cpu-before")
         r.add_argument(f"--{k}-cpu-after")
     r.set_defaults(fn=cmd_record)
+
+    r = sub.add_parser("grpc-record")
+    r.add_argument("--out", required=True)
+    r.add_argument("--h2load", required=True)
+    r.add_argument("--load", required=True)
+    r.add_argument("--target", required=True)
+    r.add_argument("--round", type=int, required=True)
+    r.add_argument("--url", required=True)
+    r.add_argument("--response-bytes", type=int, required=True, help="DATA bytes of one successful call's response")
+    r.add_argument("--clk-tck", type=int, required=True)
+    r.add_argument("--sys-before")
+    r.add_argument("--sys-after")
+    r.add_argument("--server-cpu", type=int, default=0)
+    for k in ("proxy", "upstream"):
+        r.add_argument(f"--{k}-cpu-before")
+        r.add_argument(f"--{k}-cpu-after")
+    r.set_defaults(fn=cmd_grpc_record)
+
+    r = sub.add_parser("grpc-report")
+    r.add_argument("--records", required=True)
+    r.add_argument("--meta", required=True)
+    r.add_argument("--json-out", required=True)
+    r.add_argument("--md-out")
+    r.set_defaults(fn=cmd_grpc_report)
 
     r = sub.add_parser("mibps")
     r.add_argument("--wrk", required=True)

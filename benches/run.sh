@@ -141,8 +141,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A port is free if nothing accepts a connection on it.
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in $P_UP $P_NGINX $P_OFF $P_FULL $P_STR $A_OFF $A_FULL $A_STR $P_SINK; do
     port_busy "$p" && die "127.0.0.1:$p is already in use; stop whatever listens there"
 done
@@ -156,35 +154,11 @@ if [[ "$NOFILE" != unlimited ]] && ((NOFILE < IDLE_N + 256)); then
     echo "note: open-file limit is $NOFILE; the idle-connection test opens $IDLE_N" >&2
 fi
 
-# start NAME CPU COMMAND... : runs COMMAND pinned to CPU, logs to TMP/NAME.log.
-# taskset and env exec, so $! is the server's own PID.
-start() {
-    local name=$1 cpu=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$TMP/$name.log" 2>&1 </dev/null &
-    PIDS+=("$!")
-    PID_OF[$name]=$!
-}
-
 # forget PID: a process that has been waited for; never signal its reused PID.
 forget() {
     local keep=() p
     for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
     PIDS=("${keep[@]}")
-}
-
-# wait_http NAME URL [STATUS]: poll until URL answers STATUS (200), at most 15 s.
-wait_http() { # NAME URL [STATUS [CURL-OPTIONS...]]
-    local name=$1 url=$2 want=${3:-200} code=""
-    local extra=("${@:4}")
-    local deadline=$((SECONDS + 15))
-    while ((SECONDS < deadline)); do
-        kill -0 "${PID_OF[$name]}" 2>/dev/null || die "$name exited during startup (log: $TMP/$name.log)"
-        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${extra[@]}" "$url" || true)"
-        [[ "$code" == "$want" ]] && return 0
-        sleep 0.01
-    done
-    die "$name did not answer $want on $url within 15 s (last: $code; log: $TMP/$name.log)"
 }
 
 # outrider's environment: nothing inherited but PATH and HOME, so a stray
@@ -245,7 +219,6 @@ wait_http outrider-full "http://127.0.0.1:$A_FULL/readyz"
 
 EXTRAS="$TMP/extras"
 mkdir -p "$EXTRAS"
-status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 # Idle RSS: right after /readyz turned 200, before any proxied request.
 printf '%s' "$(status_kib "${PID_OF[outrider-off]}" VmRSS)" >"$EXTRAS/idle_rss_kib.outrider-off.json"
 printf '%s' "$(status_kib "${PID_OF[outrider-full]}" VmRSS)" >"$EXTRAS/idle_rss_kib.outrider-full.json"
@@ -291,35 +264,8 @@ for t in "${TARGETS[@]}"; do
 done
 
 # ---------------------------------------------------------------- load
-# cpu_ticks PID... : "utime stime" (fields 14 and 15 of /proc/PID/stat),
-# each summed over the PIDs. The fields are counted after the ")" that
-# closes the command name.
-cpu_ticks() {
-    local user=0 sys=0 p stat rest
-    for p in "$@"; do
-        stat="$(<"/proc/$p/stat")"
-        rest="${stat##*) }"
-        read -r -a f <<<"$rest"
-        user=$((user + f[11]))
-        sys=$((sys + f[12]))
-    done
-    echo "$user $sys"
-}
-
-# sys_snapshot: CPU 0's busy and steal ticks and its total (from /proc/stat),
-# and the ticks of every server pinned to it. The difference between the two
-# busy counts is CPU 0 time that something outside the benchmark took (say a
-# compiler running on the same machine), which skews a run.
+# sys_snapshot (lib.sh) compares CPU 0's busy time with these servers' own.
 ALL_SERVER_PIDS=("${PID_OF[upstream]}" "${NGINX_PIDS[@]}" "${PID_OF[outrider-off]}" "${PID_OF[outrider-full]}")
-sys_snapshot() {
-    local line f
-    line="$(grep "^cpu$CPU_SERVERS " /proc/stat)"
-    read -r -a f <<<"$line"
-    # user nice system idle iowait irq softirq steal
-    local ours
-    read -r -a ours < <(cpu_ticks "${ALL_SERVER_PIDS[@]}")
-    echo "$((f[1] + f[2] + f[3] + f[6] + f[7])) ${f[8]:-0} $((f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7] + ${f[8]:-0})) $((ours[0] + ours[1]))"
-}
 
 RECORDS="$TMP/records.jsonl"
 : >"$RECORDS"
@@ -347,16 +293,7 @@ run_wrk() {
 
 # Other work on the machine (a build, a test suite) skews every number:
 # measure how busy both CPUs are while the benchmark itself is idle.
-read -r -a c1 < <(grep '^cpu ' /proc/stat)
-sleep 1
-read -r -a c2 < <(grep '^cpu ' /proc/stat)
-busy_before=$(((c2[1] + c2[2] + c2[3] + c2[6] + c2[7] + c2[8]) - (c1[1] + c1[2] + c1[3] + c1[6] + c1[7] + c1[8])))
-total_before=$((busy_before + (c2[4] + c2[5]) - (c1[4] + c1[5])))
-printf '%s' "$(python3 -c "print(round($busy_before / max(1, $total_before), 3))")" >"$EXTRAS/machine_busy_before.json"
-if ((busy_before * 10 > total_before)); then
-    echo "WARNING: the machine is $((busy_before * 100 / total_before))% busy before the load starts; results will be noisy" >&2
-    ps -eo pcpu,comm --sort=-pcpu | head -4 >&2
-fi
+machine_busy >"$EXTRAS/machine_busy_before.json"
 
 if ((DWARM)); then
     log "warm-up (${DWARM}s per target, not recorded)"
