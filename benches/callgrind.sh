@@ -21,8 +21,8 @@
 #
 # measures a unary gRPC call instead (grpc.sh's call, telemetry off): in
 # front of examples/grpc_bench_app.rs (built with the bench-app profile
-# when missing), with OUTRIDER_UPSTREAM_PROTOCOL=http2 (grpc.sh's
-# BENCH_GRPC_UPSTREAM_PROTOCOL) and `h2load -t1 -c4 -m16 -D 10` as the load.
+# when missing), with outrider's default protocol (or grpc.sh's
+# BENCH_GRPC_UPSTREAM_PROTOCOL when set) and `h2load -t1 -c4 -m16 -D 10` as the load.
 # Needs h2load (nghttp2-client) then.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,7 +39,7 @@ if ((GRPC)); then
     UPSTREAM_BIN="${CARGO_TARGET_DIR:-$HERE/../target}/bench-app/examples/grpc_bench_app"
     [[ -x $UPSTREAM_BIN ]] ||
         cargo build --profile bench-app --locked --example grpc_bench_app --manifest-path "$HERE/../Cargo.toml" >&2
-    PROTOCOL="${BENCH_GRPC_UPSTREAM_PROTOCOL-http2}"
+    PROTOCOL="${BENCH_GRPC_UPSTREAM_PROTOCOL-}"
     [[ -n $PROTOCOL ]] && UPSTREAM_PROTOCOL=(OUTRIDER_UPSTREAM_PROTOCOL="$PROTOCOL")
 fi
 [[ -x $UPSTREAM_BIN ]] || cargo build --release --locked --manifest-path "$HERE/upstream/Cargo.toml" >&2

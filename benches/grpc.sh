@@ -11,8 +11,8 @@
 #   BENCH_REV=rev ...               # commit to record for that binary
 #   BENCH_KEEP_TMP=1 ...            # keep logs and raw h2load output in /tmp
 #   BENCH_GRPC_UPSTREAM_PROTOCOL=.. # OUTRIDER_UPSTREAM_PROTOCOL for the
-#                                   # outrider row (default http2; empty:
-#                                   # not set, outrider's own default)
+#                                   # outrider row (default empty: not set,
+#                                   # outrider's own default, auto)
 #
 # The app is examples/grpc_bench_app.rs (tonic's grpc.health.v1.Health over
 # h2c), built with the bench-app profile (release without fat LTO; --quick
@@ -63,12 +63,10 @@ declare -A LOAD_SECS=([c4m16]=$DM [c1m1]=$D1)
 P_APP=18086 P_NGINX=18087 P_OUT=18088 A_OUT=18089
 CPU_SERVERS=0 CPU_LOAD=1
 
-# outrider reaches an h2c app today only when told to speak HTTP/2 to it
-# (OUTRIDER_UPSTREAM_PROTOCOL=http2, which then applies to every request).
-# When the per-request default (gRPC over h2, the rest over HTTP/1.1)
-# lands, BENCH_GRPC_UPSTREAM_PROTOCOL= (empty) measures that default, and
-# the default here should become empty.
-GRPC_UPSTREAM_PROTOCOL="${BENCH_GRPC_UPSTREAM_PROTOCOL-http2}"
+# outrider's default (auto) sends gRPC calls over h2c by itself: the row
+# measures what a user gets without a setting. BENCH_GRPC_UPSTREAM_PROTOCOL=http2
+# measures the forced protocol instead.
+GRPC_UPSTREAM_PROTOCOL="${BENCH_GRPC_UPSTREAM_PROTOCOL-}"
 
 # The call: grpc.health.v1.Health/Check with an empty HealthCheckRequest
 # (the whole server's health), a 5-byte gRPC frame (uncompressed flag,
