@@ -38,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod gate;
+pub mod grpc;
 pub mod health;
 pub mod proxy;
 pub mod run;

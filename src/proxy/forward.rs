@@ -21,7 +21,7 @@ use tracing::{Instrument, debug};
 use super::{
     body::ProxyBody,
     error::ProxyError,
-    grpc, headers,
+    headers,
     idle::{self, Cut},
     limits::UpstreamBody as RequestBody,
     multiplex::Multiplex,
@@ -68,7 +68,7 @@ impl Upstream {
     /// everything does when HTTP/2 is all there is.
     fn http2_for<B>(&self, req: &Request<B>) -> bool {
         match (self.http1, self.http2) {
-            (Some(_), Some(_)) => grpc::is_grpc(req),
+            (Some(_), Some(_)) => crate::grpc::is_call(req.method(), req.headers()),
             (None, _) => true,
             (Some(_), None) => false,
         }

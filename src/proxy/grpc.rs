@@ -17,16 +17,12 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
 };
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode, header::CONTENT_TYPE};
 
 use super::{body::ProxyBody, error::ProxyError};
-
-pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+use crate::grpc::{GRPC_MESSAGE, GRPC_STATUS, timeout};
 
 /// gRPC status codes outrider answers with.
 mod code {
@@ -36,41 +32,6 @@ mod code {
     pub const UNIMPLEMENTED: u8 = 12;
     pub const INTERNAL: u8 = 13;
     pub const UNAVAILABLE: u8 = 14;
-}
-
-/// A gRPC call: `POST` with `content-type: application/grpc`, or one of
-/// its `+proto`/`+json` forms. gRPC-Web (`application/grpc-web*`) is not:
-/// it is HTTP/1-compatible and goes wherever plain requests go.
-/// The method is compared first, so a `GET` costs no header lookup.
-pub fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.method() == Method::POST && req.headers().get(CONTENT_TYPE).is_some_and(|v| is_grpc_content_type(v.as_bytes()))
-}
-
-fn is_grpc_content_type(value: &[u8]) -> bool {
-    const PREFIX: &[u8] = b"application/grpc";
-    value.len() >= PREFIX.len()
-        && value[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
-        && matches!(value.get(PREFIX.len()), None | Some(b'+' | b';'))
-}
-
-/// The client's deadline from `grpc-timeout` (gRPC over HTTP/2: at most 8
-/// digits and a unit). A malformed value is ignored, as gRPC servers do.
-pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(&GRPC_TIMEOUT)?.as_bytes();
-    let (&unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// The gRPC status, and its message, for one of outrider's own answers.
@@ -129,7 +90,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if !is_grpc(&req) {
+        if !crate::grpc::is_call(req.method(), req.headers()) {
             return GrpcFuture { inner: self.inner.call(req), grpc: false, deadline: None };
         }
         // Boxed: a timer is large, and only a call with a deadline has one.
@@ -172,39 +133,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(timeout: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(&GRPC_TIMEOUT, HeaderValue::from_str(timeout).unwrap());
-        h
-    }
-
-    #[test]
-    fn grpc_timeout_units_and_malformed_values() {
-        assert_eq!(timeout(&headers("1H")), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout(&headers("2M")), Some(Duration::from_secs(120)));
-        assert_eq!(timeout(&headers("3S")), Some(Duration::from_secs(3)));
-        assert_eq!(timeout(&headers("250m")), Some(Duration::from_millis(250)));
-        assert_eq!(timeout(&headers("99999999u")), Some(Duration::from_micros(99_999_999)));
-        assert_eq!(timeout(&headers("5n")), Some(Duration::from_nanos(5)));
-        for bad in ["", "S", "100", "123456789S", "1s", "-1S", "1 S", "1.5S", "١S"] {
-            assert_eq!(timeout(&headers(bad)), None, "{bad:?}");
-        }
-        assert_eq!(timeout(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn grpc_content_types() {
-        let req = |method: Method, ct: &str| Request::builder().method(method).header(CONTENT_TYPE, ct).body(()).unwrap();
-        for ct in ["application/grpc", "application/grpc+proto", "Application/GRPC+json", "application/grpc;charset=utf-8"] {
-            assert!(is_grpc(&req(Method::POST, ct)), "{ct}");
-        }
-        for ct in ["application/grpc-web", "application/grpc-web+proto", "application/grpcx", "application/json", "application/grp"] {
-            assert!(!is_grpc(&req(Method::POST, ct)), "{ct}");
-        }
-        assert!(!is_grpc(&req(Method::GET, "application/grpc")));
-        assert!(!is_grpc(&Request::post("/").body(()).unwrap()));
-    }
 
     /// Every answer outrider makes has a gRPC code a client acts on: never
     /// OK, never UNKNOWN; the app being away is retryable (UNAVAILABLE).
@@ -263,10 +191,10 @@ mod tests {
         });
         let mut grpc = Grpc { inner: never };
         let req =
-            Request::post("/pkg.Svc/Method").header(CONTENT_TYPE, "application/grpc").header(&GRPC_TIMEOUT, "1500m").body(()).unwrap();
+            Request::post("/pkg.Svc/Method").header(CONTENT_TYPE, "application/grpc").header("grpc-timeout", "1500m").body(()).unwrap();
         let started = tokio::time::Instant::now();
         let response = tower::Service::call(&mut grpc, req).await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+        assert_eq!(started.elapsed(), std::time::Duration::from_millis(1500));
         assert_eq!(response.headers()[&GRPC_STATUS], "4");
         assert!(dropped.load(Ordering::SeqCst), "the call to the app was not cancelled");
     }

@@ -4,27 +4,9 @@
 //! Only the request path's own headers and the response's headers and
 //! trailers are read; message bodies never are.
 
-use http::{HeaderMap, HeaderName, Method, header::CONTENT_TYPE};
+use http::HeaderMap;
 
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-
-/// Whether a request is a gRPC call: a `POST` whose `Content-Type` is
-/// `application/grpc`, bare or with a subtype (`+proto`, `+json`) or
-/// parameters. gRPC-Web (`application/grpc-web*`) is not: its status
-/// travels inside the response body, which telemetry does not parse, so
-/// counting it as gRPC would report every call as ended without a status.
-///
-/// The method is compared first: any other request costs one comparison
-/// (0.7 ns measured, `grpc_detection_cost` below), and only a `POST` a
-/// header look-up (9 ns among seven headers).
-pub fn is_call(method: &Method, headers: &HeaderMap) -> bool {
-    *method == Method::POST && headers.get(CONTENT_TYPE).is_some_and(|v| is_grpc_content_type(v.as_bytes()))
-}
-
-fn is_grpc_content_type(value: &[u8]) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    value.len() >= GRPC.len() && value[..GRPC.len()].eq_ignore_ascii_case(GRPC) && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
-}
+use crate::grpc::GRPC_STATUS;
 
 /// `(service, method)` of a path of the shape gRPC gives every call,
 /// `/package.Service/Method`; `None` for any other path.
@@ -111,21 +93,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_content_types_and_not_grpc_web() {
-        for yes in ["application/grpc", "application/grpc+proto", "application/grpc+json", "Application/GRPC", "application/grpc;charset=x"]
-        {
-            assert!(is_grpc_content_type(yes.as_bytes()), "{yes}");
-        }
-        for no in ["application/grpc-web", "application/grpc-web-text+proto", "application/json", "application/grp", ""] {
-            assert!(!is_grpc_content_type(no.as_bytes()), "{no}");
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
-        assert!(is_call(&Method::POST, &headers));
-        assert!(!is_call(&Method::GET, &headers), "gRPC calls are POSTs");
-    }
-
-    #[test]
     fn service_and_method_from_the_path() {
         assert_eq!(service_method("/grpc.health.v1.Health/Check"), Some(("grpc.health.v1.Health", "Check")));
         assert_eq!(service_method("/Echo/Say"), Some(("Echo", "Say")));
@@ -153,36 +120,5 @@ mod tests {
         let errors: Vec<_> = (0..17).map(Code).filter(|c| c.is_server_error()).map(Code::name).collect();
         assert_eq!(errors, Code::SERVER_ERRORS);
         assert!((0..17).map(Code).all(|c| c.label() == c.value().to_string()));
-    }
-
-    /// What the detection costs a request that is not gRPC, against a
-    /// request's headers as a browser or an HTTP client library sends them:
-    /// `cargo test --release --lib grpc_detection_cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement, not a check"]
-    fn grpc_detection_cost() {
-        use std::{hint::black_box, time::Instant};
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("host", "shop.internal:8080"),
-            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
-            ("accept", "application/json"),
-            ("accept-encoding", "gzip, deflate, br"),
-            ("content-type", "application/json"),
-            ("content-length", "512"),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        ] {
-            headers.insert(HeaderName::from_static(name), value.parse().unwrap());
-        }
-        const N: u32 = 10_000_000;
-        for method in [Method::GET, Method::POST] {
-            let t = Instant::now();
-            let mut calls = 0u32;
-            for _ in 0..N {
-                calls += u32::from(is_call(black_box(&method), black_box(&headers)));
-            }
-            assert_eq!(calls, 0);
-            println!("{method}: {:.2} ns per request", t.elapsed().as_secs_f64() * 1e9 / f64::from(N));
-        }
     }
 }

@@ -141,7 +141,7 @@ impl Observer {
         let route = if self.options.routes.is_empty() { None } else { self.options.routes.find(req.uri().path()) };
         // The only work a request that is not gRPC does for gRPC: a method
         // comparison (and, for a POST, a header look-up).
-        let grpc = grpc::is_call(req.method(), req.headers());
+        let grpc = crate::grpc::is_call(req.method(), req.headers());
         let span = self.tracer.as_ref().map(|tracer| {
             let parent = self.parent(req.headers());
             let mut name = self.span_names[route.unwrap_or(self.span_names.len() - 1)][method].clone();
