@@ -5,7 +5,11 @@
 //! (its gRPC probe dials each time too): a check must see what a new
 //! request would, and a kept connection can stay up while the app's accept
 //! loop is wedged or its listener gone. The cost is one connect and
-//! handshake per interval (2 s by default), next to nothing.
+//! handshake per interval (2 s by default). Measured on a debug build on a
+//! loaded 2-core machine, checking every 5 ms for 8 s: 1.9 ms of CPU per
+//! gRPC check (HTTP/2 handshake included), 0.7 ms per HTTP/1.1 check,
+//! 0.2 ms per connect check; at the default interval the gRPC check is
+//! under 0.1 % of a core even so.
 //!
 //! The HTTP path check speaks HTTP/1.1 unless the app is declared HTTP/2
 //! (`OUTRIDER_UPSTREAM_PROTOCOL=http2`). An app may speak only h2c, though
@@ -16,7 +20,8 @@
 //! one is answered, its protocol is remembered and tried first from then
 //! on, until it stops being answered (the app was redeployed as something
 //! else) and the other is learnt back the same way. If neither is
-//! answered, the reason is the first attempt's.
+//! answered, the reason is the first attempt's. An attempt that hangs is
+//! not followed by another: the check's one bound covers both.
 
 use std::{future::Future, time::Duration};
 
