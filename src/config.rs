@@ -132,7 +132,7 @@ settings! {
     pub drain_timeout: Duration = "20s", duration(Duration::ZERO, DAY);
     /// After the drain, time between SIGTERM and SIGKILL to the app (wrap mode, or the process named by `OUTRIDER_APP_PROCESS`/`OUTRIDER_APP_PIDFILE`).
     pub app_stop_timeout: Duration = "10s", duration(Duration::ZERO, DAY);
-    /// App health check behind `/readyz`: `tcp` (a connect to the upstream) or an HTTP path such as `/status`, where 2xx and 3xx are healthy. Real traffic counts too: a refused connection is a failure.
+    /// App health check behind `/readyz`: `tcp` (a connect to the upstream); an HTTP path such as `/status`, where 2xx and 3xx are healthy (HTTP/1.1, or h2c for an app that speaks only that); or `grpc` / `grpc:<service>`, the standard `grpc.health.v1.Health/Check` (the whole server, or one service), healthy only when SERVING. Real traffic counts too: a refused connection is a failure.
     pub app_health: AppHealthCheck = "tcp", HEALTH;
     /// Time between active checks once the app has started (every 100 ms before that, so readiness follows a starting app closely).
     pub app_health_interval: Duration = "2s", duration(NONZERO, DAY);
@@ -687,12 +687,23 @@ const LOG_FORMAT: Kind<LogFormat> = Kind::new(
 const HEALTH: Kind<AppHealthCheck> = Kind::new(
     |text, _| match text.trim() {
         "tcp" | "" => Ok(AppHealthCheck::Tcp),
+        "grpc" => Ok(AppHealthCheck::Grpc(String::new())),
         path if path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok() => Ok(AppHealthCheck::HttpPath(path.to_owned())),
-        _ => Err("expected tcp or an HTTP path such as /status".into()),
+        text => match text.strip_prefix("grpc:") {
+            // Any other character is the app's business: the name is only
+            // sent, in a protobuf string, for the app to look up.
+            Some(service) if !service.is_empty() && !service.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                Ok(AppHealthCheck::Grpc(service.to_owned()))
+            }
+            Some(_) => Err("expected a gRPC service name after grpc:, without spaces, e.g. grpc:my.package.Service".into()),
+            None => Err("expected tcp, grpc, grpc:<service> or an HTTP path such as /status".into()),
+        },
     },
     |h| match h {
         AppHealthCheck::Tcp => "tcp".into(),
         AppHealthCheck::HttpPath(path) => path.clone(),
+        AppHealthCheck::Grpc(service) if service.is_empty() => "grpc".into(),
+        AppHealthCheck::Grpc(service) => format!("grpc:{service}"),
     },
 );
 
@@ -817,6 +828,9 @@ pub struct TlsConfig {
 pub enum AppHealthCheck {
     Tcp,
     HttpPath(String),
+    /// The standard gRPC health service, for this service name (empty:
+    /// the whole server).
+    Grpc(String),
 }
 
 /// Pod mode with a shared process namespace: the app to stop.
@@ -1065,6 +1079,25 @@ mod tests {
         assert_eq!(parse("http://app:8081/").unwrap().to_string(), "http://app:8081");
         let c = load_with(&[("OUTRIDER_UPSTREAM", "unix:////run/a.sock")]).unwrap();
         assert_eq!(reload(&c.to_toml()).upstream, UpstreamAddr::Unix("//run/a.sock".into()));
+    }
+
+    #[test]
+    fn health_checks() {
+        let check = |text: &str| load_with(&[("OUTRIDER_APP_HEALTH", text)]).map(|c| c.app_health);
+        assert_eq!(check(" tcp ").unwrap(), AppHealthCheck::Tcp);
+        assert_eq!(check("/status?full=1").unwrap(), AppHealthCheck::HttpPath("/status?full=1".into()));
+        assert_eq!(check("grpc").unwrap(), AppHealthCheck::Grpc(String::new()));
+        assert_eq!(check("grpc:my.pkg.v1.Service").unwrap(), AppHealthCheck::Grpc("my.pkg.v1.Service".into()));
+        for (text, shown) in [("grpc", "grpc"), ("grpc:a.B", "grpc:a.B"), ("/healthz", "/healthz"), ("tcp", "tcp")] {
+            let c = load_with(&[("OUTRIDER_APP_HEALTH", text)]).unwrap();
+            assert!(c.to_toml().contains(&format!("app_health = \"{shown}\"\n")), "{text}");
+            assert_eq!(reload(&c.to_toml()).app_health, c.app_health);
+        }
+        for bad in ["grpc: bad name", "grpc:a\tb", "grpc:a\u{7f}", "grpc:", "grpcx", "status"] {
+            let e = check(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid OUTRIDER_APP_HEALTH={bad:?}: expected")), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

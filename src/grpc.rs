@@ -16,6 +16,27 @@ pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// The client's deadline.
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// The status codes' names, by value: `OK` (0) to `UNAUTHENTICATED` (16).
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// Whether a request is a gRPC call: a `POST` whose `Content-Type` is
 /// `application/grpc`, bare or with a subtype (`+proto`, `+json`) or
 /// parameters. gRPC-Web (`application/grpc-web*`) is not: it is

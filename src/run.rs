@@ -100,15 +100,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
         None => None,
     };
 
-    let upstream_tls = match (&config.upstream, &config.upstream_ca) {
-        (UpstreamAddr::Tcp { authority, .. }, Some(ca)) => Some(UpstreamTls {
-            http1: crate::tls::client_connector(ca, false).map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")))?,
-            http2: crate::tls::client_connector(ca, true).map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")))?,
-            server_name: rustls_pki_types::ServerName::try_from(authority.host().to_owned())
-                .map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM host for TLS: {e}")))?,
-        }),
-        _ => None,
-    };
+    let upstream_tls = tls_to_app(&config)?;
     // Telemetry before the app: a bad OTEL_* value must not leave it running.
     let metrics: &'static Metrics =
         Box::leak(Box::new(Metrics::new(&config.routes_list(), env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_COMMIT"))?));
@@ -186,24 +178,27 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     let mut tasks = Supervised::default();
     // The active check connects as requests do, but straight: it reports
     // its own verdict, where the hold layer reports real traffic's.
-    let checker = connect;
+    // The health check offers the ALPN protocol it is about to speak.
+    let checkers = [connect.clone(), connect.for_http2()];
     tasks.spawn(
         "the app health check",
         health::run_checks(
             health.clone(),
-            move || {
-                let checker = checker.clone();
+            move |http2: bool| {
+                let checker = checkers[usize::from(http2)].clone();
                 async move { checker.connect().await.map_err(|e| e.short()) }
             },
             match &config.upstream {
-                UpstreamAddr::Tcp { authority, .. } => authority.to_string(),
-                UpstreamAddr::Unix(_) => "localhost".to_owned(),
+                UpstreamAddr::Tcp { scheme, authority } => format!("{scheme}://{authority}"),
+                UpstreamAddr::Unix(_) => "http://localhost".to_owned(),
             },
             health::CheckOptions {
                 check: match &config.app_health {
                     AppHealthCheck::Tcp => health::Check::Connect,
                     AppHealthCheck::HttpPath(path) => health::Check::Http(path.clone()),
+                    AppHealthCheck::Grpc(service) => health::Check::Grpc(service.clone()),
                 },
+                http2: config.upstream_protocol == UpstreamProtocol::Http2,
                 interval: config.app_health_interval,
                 failures: config.app_health_failures,
                 successes: config.app_health_successes,
@@ -312,6 +307,19 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
     let _ = tokio::task::spawn_blocking(move || observer.shutdown(std::time::Duration::from_secs(3))).await;
     info!(exit_code = code, "outrider stopped");
     Ok(code)
+}
+
+/// How to speak TLS to an `https://` app, offering `h2` or `http/1.1`.
+fn tls_to_app(config: &Config) -> Result<Option<UpstreamTls>, StartError> {
+    let (UpstreamAddr::Tcp { authority, .. }, Some(ca)) = (&config.upstream, &config.upstream_ca) else { return Ok(None) };
+    let connector =
+        |http2| crate::tls::client_connector(ca, http2).map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM_CA: {e}")));
+    Ok(Some(UpstreamTls {
+        http1: connector(false)?,
+        http2: connector(true)?,
+        server_name: rustls_pki_types::ServerName::try_from(authority.host().to_owned())
+            .map_err(|e| StartError::Config(format!("invalid OUTRIDER_UPSTREAM host for TLS: {e}")))?,
+    }))
 }
 
 /// The long-lived tasks, by name.

@@ -6,7 +6,7 @@
 
 use http::HeaderMap;
 
-use crate::grpc::GRPC_STATUS;
+use crate::grpc::{CODE_NAMES, GRPC_STATUS};
 
 /// `(service, method)` of a path of the shape gRPC gives every call,
 /// `/package.Service/Method`; `None` for any other path.
@@ -19,33 +19,12 @@ pub fn service_method(path: &str) -> Option<(&str, &str)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Code(u8);
 
-/// The names of the codes, by value.
-const NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// The label values of the codes, by value (formatted once, here).
 const VALUES: [&str; 17] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
 
 impl Code {
     /// How many codes there are.
-    pub const COUNT: usize = NAMES.len();
+    pub const COUNT: usize = CODE_NAMES.len();
     const UNKNOWN: Self = Self(2);
 
     /// The codes a server span counts as errors, by the OpenTelemetry
@@ -74,7 +53,7 @@ impl Code {
 
     /// `OK`, `NOT_FOUND`, ...: the `error.type` of a server error.
     pub fn name(self) -> &'static str {
-        NAMES[self.index()]
+        CODE_NAMES[self.index()]
     }
 
     /// `"0"` to `"16"`, as a label value.
