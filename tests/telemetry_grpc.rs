@@ -221,4 +221,8 @@ async fn outriders_own_grpc_answer_is_reported_with_its_status() {
     promtool_check(&text);
     let line = access_line(&proxy, "/grpc.health.v1.Health/Check", Some(14)).await;
     assert!(line.contains("\"error\":\"connect\""), "{line}");
+    // The failure line says what the client got: HTTP 200 alone would mislead.
+    let failure = proxy.wait_log("the upstream failure line", |l| l.contains("upstream request failed")).await;
+    let failure: serde_json::Value = serde_json::from_str(&failure).expect("a JSON line");
+    assert_eq!((failure["status"].as_u64(), failure["grpc_status"].as_u64()), (Some(200), Some(14)), "{failure}");
 }

@@ -428,6 +428,8 @@ impl RequestState {
                     error.kind = kind,
                     error.detail = cause,
                     status = self.status,
+                    // What a gRPC client got instead of the HTTP status.
+                    grpc_status = self.grpc.flatten().map(Code::value),
                     trace_id = ids.trace_id(),
                     span_id = ids.span_id(),
                     "upstream request failed"
