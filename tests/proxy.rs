@@ -192,8 +192,9 @@ async fn trailers_and_expect_continue_pass_through() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn app_down_gives_502_with_a_reason() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Nothing listens there, and nothing can while the guard lives.
+    let (down, _guard) = refused_addr();
+    let port = down.port();
     // With buffering off, a refused connection is answered at once, not
     // retried until the (long) connect timeout runs out.
     let proxy = outrider(&format!("http://127.0.0.1:{port}"))

@@ -209,7 +209,7 @@ async fn black_hole() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_collector_neither_slows_requests_nor_blocks_the_exit() {
     const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
-    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (refused, _refused_guard) = refused_addr();
     let app = App::start().await;
     let app = &app;
     let cases = ["grpc", "http/protobuf"].into_iter().flat_map(|protocol| [(protocol, false), (protocol, true)]);
@@ -296,7 +296,7 @@ async fn metrics_count_exactly_the_requests_sent_and_pass_promtool() {
     assert!(!after.contains("/m/"), "a raw path leaked into a label");
 
     // Upstream failures are counted by kind.
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (down, _down_guard) = refused_addr();
     let broken = outrider(&format!("http://{down}")).env("OUTRIDER_BUFFER_TIMEOUT", "0").start().await;
     for _ in 0..2 {
         assert_eq!(get(&broken.url("/")).await.unwrap().0, 502);
@@ -493,7 +493,7 @@ async fn openmetrics_exemplars_link_latency_to_exported_traces() {
     promtool_check(&text);
 
     // A dead app: 502, with outrider's error kind.
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (down, _down_guard) = refused_addr();
     let broken = traced(&App::start().await, &format!("http://{}", receiver.addr), "grpc")
         .env("OUTRIDER_UPSTREAM", &format!("http://{down}"))
         .env("OUTRIDER_BUFFER_TIMEOUT", "0")

@@ -202,7 +202,7 @@ async fn access_line(proxy: &Outrider, path: &str, grpc_status: Option<u8>) -> S
 #[tokio::test(flavor = "multi_thread")]
 async fn outriders_own_grpc_answer_is_reported_with_its_status() {
     let receiver = Receiver::grpc().await;
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (down, _down_guard) = refused_addr();
     let proxy = traced(down, &receiver).env("OUTRIDER_BUFFER_TIMEOUT", "0").start().await;
     let mut health = HealthClient::new(channel(&proxy).await);
     assert_eq!(health.check(check(SHOP)).await.unwrap_err().code(), Code::Unavailable);

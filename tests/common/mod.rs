@@ -77,6 +77,16 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     .await;
 }
 
+/// An address where nothing listens, kept so while the guard lives: the
+/// port is bound but never listened on, so a connect is refused and the
+/// kernel cannot hand the port to a listener another test starts meanwhile
+/// (binding a listener on port 0 and dropping it frees the port at once).
+pub fn refused_addr() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
+    (socket.local_addr().expect("its address"), socket)
+}
+
 /// Polls `url` until it answers `status`.
 pub async fn wait_status(url: &str, status: u16) {
     eventually(&format!("{url} to answer {status}"), || async move { (get(url).await.map(|r| r.0).unwrap_or(0) == status).then_some(()) })
