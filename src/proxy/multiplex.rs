@@ -91,9 +91,19 @@ impl Multiplex {
 
     /// The live connection, or a new one.
     async fn sender(&'static self) -> Result<SendRequest<UpstreamBody>, MultiplexError> {
-        if let Some(sender) = self.live() {
-            return Ok(sender);
+        match self.live() {
+            Some(sender) => Ok(sender),
+            // Boxed: connecting (the hold layer's wait, the handshake) is a
+            // large future, and inline it would be carried, and moved, by
+            // every request's future, HTTP/1 ones included, whose
+            // `forward` holds this one as a variant.
+            None => Box::pin(self.connect()).await,
         }
+    }
+
+    /// Opens the shared connection, or waits for the request already
+    /// opening it.
+    async fn connect(&'static self) -> Result<SendRequest<UpstreamBody>, MultiplexError> {
         let _connecting = self.connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(sender) = self.live() {
