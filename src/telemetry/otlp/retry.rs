@@ -28,26 +28,6 @@ pub enum Verdict {
     Fail { status: String, message: String },
 }
 
-/// gRPC status codes, by number.
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 const RESOURCE_EXHAUSTED: u32 = 8;
 /// CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
 /// DATA_LOSS: the specification's retryable codes (RESOURCE_EXHAUSTED
@@ -97,7 +77,7 @@ pub fn http_retryable(status: StatusCode) -> bool {
 
 /// `gRPC UNAVAILABLE (14)`.
 pub fn grpc_status_text(code: u32) -> String {
-    match usize::try_from(code).ok().and_then(|c| GRPC_CODES.get(c)) {
+    match usize::try_from(code).ok().and_then(|c| crate::grpc::CODE_NAMES.get(c)) {
         Some(name) => format!("gRPC {name} ({code})"),
         None => format!("gRPC {code}"),
     }
