@@ -16,6 +16,15 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// Why an exchange with the app failed, over either protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Connect(#[from] HoldError),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
 /// Why a request could not be proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {

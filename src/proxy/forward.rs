@@ -20,7 +20,7 @@ use tracing::{Instrument, debug};
 
 use super::{
     body::ProxyBody,
-    error::ProxyError,
+    error::{ExchangeError, ProxyError},
     headers,
     idle::{self, Cut},
     limits::UpstreamBody as RequestBody,
@@ -222,25 +222,18 @@ async fn send(
     http2: bool,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Option<pool::Lease>), UpstreamFailure> {
+    let sent = match (http2, upstream.http1, upstream.http2) {
+        (true, _, Some(multiplex)) => multiplex.send(request).await.map(|response| (response, None)),
+        (_, Some(pool), _) => pool.send(request, upgrade).await,
+        // `Upstream` always has one protocol; answer rather than panic.
+        _ => return Err(UpstreamFailure(ProxyError::Protocol, "no protocol to reach the app with".into())),
+    };
     // Classified from the inner error itself: `transparent` would hide it
     // from a walk down the source chain.
-    let failure = |connect: Result<&super::hold::HoldError, &hyper::Error>| match connect {
-        Ok(e) => UpstreamFailure::new(e, ProxyError::ConnectRefused),
-        Err(e) => UpstreamFailure::new(e, ProxyError::Protocol),
-    };
-    match (http2, upstream.http1, upstream.http2) {
-        (true, _, Some(multiplex)) => match multiplex.send(request).await {
-            Ok(response) => Ok((response, None)),
-            Err(super::multiplex::MultiplexError::Connect(e)) => Err(failure(Ok(&e))),
-            Err(super::multiplex::MultiplexError::Http(e)) => Err(failure(Err(&e))),
-        },
-        (_, Some(pool), _) => pool.send(request, upgrade).await.map_err(|e| match e {
-            pool::PoolError::Connect(e) => failure(Ok(&e)),
-            pool::PoolError::Http(e) => failure(Err(&e)),
-        }),
-        // `Upstream` always has one protocol; answer rather than panic.
-        _ => Err(UpstreamFailure(ProxyError::Protocol, "no protocol to reach the app with".into())),
-    }
+    sent.map_err(|e| match e {
+        ExchangeError::Connect(e) => UpstreamFailure::new(&e, ProxyError::ConnectRefused),
+        ExchangeError::Http(e) => UpstreamFailure::new(&e, ProxyError::Protocol),
+    })
 }
 
 /// An upstream failure with its classification and the underlying cause.

@@ -19,19 +19,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::debug;
 
-use super::{
-    hold::{Hold, HoldError},
-    limits::UpstreamBody,
-};
-
-/// Why an HTTP/2 exchange with the app failed.
-#[derive(Debug, thiserror::Error)]
-pub enum MultiplexError {
-    #[error(transparent)]
-    Connect(#[from] HoldError),
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-}
+use super::{error::ExchangeError, hold::Hold, limits::UpstreamBody};
 
 /// The shared HTTP/2 connection to the app, opened on first use and again
 /// whenever the last one has closed (the app restarted, or sent GOAWAY).
@@ -66,7 +54,7 @@ impl Multiplex {
     /// # Errors
     /// No connection could be made, or the app did not answer with a
     /// response head (it reset the stream, or the connection broke).
-    pub async fn send(&'static self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, MultiplexError> {
+    pub async fn send(&'static self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ExchangeError> {
         let mut req = req;
         // Twice at most: a connection that closed between our check and
         // the send hands the request back untouched, and a fresh
@@ -90,7 +78,7 @@ impl Multiplex {
     }
 
     /// The live connection, or a new one.
-    async fn sender(&'static self) -> Result<SendRequest<UpstreamBody>, MultiplexError> {
+    async fn sender(&'static self) -> Result<SendRequest<UpstreamBody>, ExchangeError> {
         match self.live() {
             Some(sender) => Ok(sender),
             // Boxed: connecting (the hold layer's wait, the handshake) is a
@@ -103,7 +91,7 @@ impl Multiplex {
 
     /// Opens the shared connection, or waits for the request already
     /// opening it.
-    async fn connect(&'static self) -> Result<SendRequest<UpstreamBody>, MultiplexError> {
+    async fn connect(&'static self) -> Result<SendRequest<UpstreamBody>, ExchangeError> {
         let _connecting = self.connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(sender) = self.live() {

@@ -32,8 +32,8 @@ use tracing::debug;
 
 use super::{
     connect::UpstreamIo,
-    error::ProxyError,
-    hold::{Hold, HoldError},
+    error::{ExchangeError, ProxyError},
+    hold::Hold,
     limits::UpstreamBody as RequestBody,
 };
 
@@ -45,15 +45,6 @@ type Driver = Connection<UpstreamIo, RequestBody>;
 /// sent again on a new connection, as RFC 9110 §9.2.2 allows. Connections
 /// reused sooner than this (a busy proxy's) skip the copy.
 const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
-
-/// Why an exchange with the app failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error(transparent)]
-    Connect(#[from] HoldError),
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-}
 
 /// Idle HTTP/1 connections to the app, most recently used first, and the
 /// requests waiting for one.
@@ -149,7 +140,7 @@ impl Pool {
         &'static self,
         mut req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), ExchangeError> {
         let mut fresh_only = false;
         loop {
             let pooled = if fresh_only { None } else { poll_fn(|cx| Poll::Ready(self.checkout(cx))).await };
@@ -219,7 +210,7 @@ impl Pool {
     /// comes a second later. A request then rather takes the connection
     /// that frees up meanwhile; its own connect goes on in the background
     /// and lands in the pool.
-    async fn connect_or_wait(&'static self) -> Result<Box<Conn>, PoolError> {
+    async fn connect_or_wait(&'static self) -> Result<Box<Conn>, ExchangeError> {
         let mut connect = Box::pin(self.connect());
         if self.max_idle == 0 {
             return connect.await;
@@ -240,7 +231,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, PoolError> {
+    async fn connect(&self) -> Result<Box<Conn>, ExchangeError> {
         let io = self.connector.connect().await?;
         let (send, driver) = self.builder.handshake(io).await?;
         Ok(Box::new(Conn { send, driver: Some(driver) }))
