@@ -29,7 +29,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{net::TcpListener, sync::Semaphore, task::AbortHandle};
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tonic::{Status, codec::Streaming, transport::Channel};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -333,26 +332,10 @@ async fn serve_http(mut req: Request<Incoming>) -> Response<tonic::body::Body> {
     match req.uri().path() {
         "/hello" => text(StatusCode::OK, format!("{} {:?}", seen.authority, seen.version)),
         "/ws" => {
-            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            let Some(response) = super::websocket_echo(&mut req) else {
                 return text(StatusCode::BAD_REQUEST, "not a WebSocket handshake".into());
             };
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let Ok(upgraded) = upgrade.await else { return };
-                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && futures_util::SinkExt::send(&mut ws, msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .header("sec-websocket-accept", tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
-                .body(tonic::body::Body::empty())
-                .unwrap()
+            response.body(tonic::body::Body::empty()).unwrap()
         }
         _ => text(StatusCode::NOT_FOUND, "no such route".into()),
     }

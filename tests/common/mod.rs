@@ -87,6 +87,35 @@ pub fn refused_addr() -> (SocketAddr, tokio::net::TcpSocket) {
     (socket.local_addr().expect("its address"), socket)
 }
 
+/// Accepts a WebSocket handshake and echoes every text and binary message
+/// on the upgraded connection: the `101` to send, without its body; `None`
+/// when the request is no handshake.
+pub fn websocket_echo(req: &mut Request<hyper::body::Incoming>) -> Option<http::response::Builder> {
+    let key = req.headers().get("sec-websocket-key").cloned()?;
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Some(
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())),
+    )
+}
+
 /// Polls `url` until it answers `status`.
 pub async fn wait_status(url: &str, status: u16) {
     eventually(&format!("{url} to answer {status}"), || async move { (get(url).await.map(|r| r.0).unwrap_or(0) == status).then_some(()) })
@@ -260,29 +289,7 @@ async fn handle(record: Record, mut req: Request<Incoming>) -> Result<Response<T
             .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))))
             .unwrap()
     } else if path == "/ws" {
-        let key = req.headers().get("sec-websocket-key").cloned().unwrap();
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let upgraded = upgrade.await.unwrap();
-            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                tokio_tungstenite::tungstenite::protocol::Role::Server,
-                None,
-            )
-            .await;
-            while let Some(Ok(msg)) = ws.next().await {
-                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
-            .body(full(""))
-            .unwrap()
+        websocket_echo(&mut req).expect("a WebSocket handshake").body(full("")).unwrap()
     } else {
         Response::builder().header("x-app", "yes").body(full("hello from app")).unwrap()
     };
