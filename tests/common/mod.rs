@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub mod exposition;
 pub mod grpc;
+pub mod kubernetes;
 pub mod otlp;
 pub mod otlp_faulty;
 pub mod otlp_tls;
