@@ -313,17 +313,17 @@ fn check_coherent(pod: &Value) -> Result<(), String> {
         }
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             for kind in ["httpGet", "tcpSocket"] {
-                if let Some(port) = c[probe][kind]["port"].as_str() {
-                    if !own.contains(port) {
-                        return Err(format!("{name}.{probe} targets port {port:?}, which {name} does not declare"));
-                    }
+                if let Some(port) = c[probe][kind]["port"].as_str()
+                    && !own.contains(port)
+                {
+                    return Err(format!("{name}.{probe} targets port {port:?}, which {name} does not declare"));
                 }
             }
         }
-        if let Some(port) = c["lifecycle"]["preStop"]["httpGet"]["port"].as_str() {
-            if !own.contains(port) {
-                return Err(format!("{name}.lifecycle.preStop targets port {port:?}, which {name} does not declare"));
-            }
+        if let Some(port) = c["lifecycle"]["preStop"]["httpGet"]["port"].as_str()
+            && !own.contains(port)
+        {
+            return Err(format!("{name}.lifecycle.preStop targets port {port:?}, which {name} does not declare"));
         }
     }
     Ok(())
@@ -423,7 +423,7 @@ fn arbitrary_deployments_inject_idempotently_and_validate() {
     assert!(outputs.len() >= CASES as usize / 2, "only {} of {CASES} generated Deployments injected", outputs.len());
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("inject-properties-{}.yaml", std::process::id()));
     std::fs::write(&file, outputs.join("---\n")).unwrap();
-    validate(&format!("{} injected Deployments", outputs.len()), &[file.clone()]);
+    validate(&format!("{} injected Deployments", outputs.len()), std::slice::from_ref(&file));
     let _ = std::fs::remove_file(&file);
 }
 
@@ -443,6 +443,6 @@ fn generated_deployments_are_valid() {
         .unwrap();
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("inject-properties-inputs-{}.yaml", std::process::id()));
     std::fs::write(&file, inputs.into_inner().unwrap().join("---\n")).unwrap();
-    validate("64 generated Deployments", &[file.clone()]);
+    validate("64 generated Deployments", std::slice::from_ref(&file));
     let _ = std::fs::remove_file(&file);
 }
