@@ -12,7 +12,10 @@ Only what podman cannot do, or what a test must not do, is changed:
   * env from `fieldRef` to metadata.namespace / spec.nodeName goes: podman
     4.3 cannot resolve them and refuses the whole pod;
   * secretKeyRef names become SECRET, a podman secret the test creates (a
-    Kubernetes Secret in the same play is not used by podman for env).
+    Kubernetes Secret in the same play is not used by podman for env);
+  * a pod with init containers gets `restartPolicy: OnFailure`: podman 4.3
+    applies the pod's `Always` to its run-once init containers too, so it
+    restarts the first one forever and never starts the others.
 Everything else, the security context, env, probes and hooks, is played
 as written (podman ignores the hooks and the readiness/startup probes).
 """
@@ -34,6 +37,8 @@ def main(path, name, secret, *mapping):
         doc["metadata"]["name"] = name
         doc["spec"]["replicas"] = 1
         spec = doc["spec"]["template"]["spec"]
+        if spec.get("initContainers"):
+            spec["restartPolicy"] = "OnFailure"
         for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
             if c["image"] not in images:
                 sys.exit(f"no local image given for {c['image']}")

@@ -7,6 +7,8 @@
 //! * the kubelet's stop sequence for a native sidecar, and the classic
 //!   sidecar's order (both containers TERMed at once);
 //! * wrap mode: outrider as PID 1 of the app's container;
+//! * `outrider inject`'s output for the docs example, played as a pod
+//!   (inject.rs);
 //! * a rolling restart behind a load balancer: the bare app against the
 //!   same app behind outrider.
 //!
@@ -15,6 +17,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod inject;
 mod lb;
 mod load;
 mod podman;

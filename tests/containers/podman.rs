@@ -133,7 +133,7 @@ fn script(path: &str, (var, image): (&str, &str)) -> String {
 /// `podman build` of `containerfile` with `files` beside it. The image the
 /// tag named before is removed (if no container uses it), so that test runs
 /// do not pile up untagged images.
-fn build(tag: &str, containerfile: &str, files: &[PathBuf]) -> String {
+pub fn build(tag: &str, containerfile: &str, files: &[PathBuf]) -> String {
     let context = TempDir::new("image");
     std::fs::write(context.path().join("Containerfile"), containerfile).expect("write Containerfile");
     for file in files {
