@@ -333,8 +333,37 @@ fn env(container: &Value, name: &str) -> Option<String> {
     container["env"].as_array()?.iter().find(|e| e["name"] == name)?["value"].as_str().map(str::to_owned)
 }
 
+/// A pod of the Deployment as the API server shows it to an admission
+/// webhook: named by `generateName` (ReplicaSet name + `-`), labelled with
+/// the ReplicaSet's `pod-template-hash`.
+fn replica_pod(deployment: &Value, name: &str) -> Value {
+    let template = &deployment["spec"]["template"];
+    let mut labels = template["metadata"]["labels"].clone();
+    labels["pod-template-hash"] = json!("5d8f7c9b4");
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": format!("{name}-5d8f7c9b4-"), "namespace": "default", "labels": labels},
+        "spec": template["spec"],
+    })
+}
+
+fn without_service_name(pod: &Value) -> Value {
+    let mut pod = pod.clone();
+    for list in ["initContainers", "containers"] {
+        for c in pod[list].as_array_mut().into_iter().flatten() {
+            if let Some(env) = c["env"].as_array_mut() {
+                env.retain(|e| e["name"] != "OTEL_SERVICE_NAME");
+            }
+        }
+    }
+    pod
+}
+
 /// Every injected output, validated all together at the end.
 static OUTPUTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The errors, shown at the end (what the generator made refusable).
+static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn check(spec: &DeploymentSpec) -> Result<(), TestCaseError> {
     let (input, app_ports) = build(spec);
@@ -358,9 +387,11 @@ fn check(spec: &DeploymentSpec) -> Result<(), TestCaseError> {
             prop_assert!(msg.contains(&spec.name), "the error must name the workload {}: {msg}", spec.name);
             if !app_has_tcp_port {
                 prop_assert!(msg.contains("outrider.dev/upstream-port"), "no TCP port: the error must name the annotation: {msg}");
+                ERRORS.lock().unwrap().push(msg);
                 return Ok(());
             }
             prop_assert!(uses_admin && msg.contains("admin"), "this Deployment must inject, got: {msg}\n{yaml}");
+            ERRORS.lock().unwrap().push(msg);
             return Ok(());
         }
         Ok(out) => out,
@@ -373,11 +404,8 @@ fn check(spec: &DeploymentSpec) -> Result<(), TestCaseError> {
     check_coherent(pod).map_err(|e| TestCaseError::fail(format!("{e}\n--- input\n{yaml}--- output\n{}", out.yaml)))?;
 
     // outrider is where it belongs and forwards to one of the app's TCP ports.
-    let outrider = if spec.classic {
-        pod["containers"][0].clone()
-    } else {
-        pod["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "outrider").cloned().unwrap_or_default()
-    };
+    let list = if spec.classic { "containers" } else { "initContainers" };
+    let outrider = pod[list].as_array().unwrap().iter().find(|c| c["name"] == "outrider").cloned().unwrap_or_default();
     prop_assert_eq!(&outrider["name"], "outrider", "{}", out.yaml);
     if !spec.classic {
         prop_assert_eq!(&outrider["restartPolicy"], "Always");
@@ -398,16 +426,13 @@ fn check(spec: &DeploymentSpec) -> Result<(), TestCaseError> {
     let back = inject::stream(&out.yaml, &opts, Mode::Uninject).map_err(|e| TestCaseError::fail(format!("uninject: {e}")))?;
     prop_assert_eq!(documents(&back.yaml), vec![input.clone()], "uninject(inject(x)) != x");
 
-    let template = &input["spec"]["template"];
-    let mut single = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": format!("{}-abcde", spec.name), "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    });
+    // The pod the webhook sees for this Deployment gets the same spec
+    // (up to OTEL_SERVICE_NAME, which falls back to the pod's name: see
+    // webhook_pods_are_named_after_their_workload).
+    let mut single = replica_pod(&input, &spec.name);
     let outcome = inject::pod(&mut single, &opts).map_err(|e| TestCaseError::fail(format!("inject::pod: {e}")))?;
     prop_assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
-    prop_assert_eq!(&single["spec"], pod, "inject::pod and inject::stream disagree");
+    prop_assert_eq!(without_service_name(&single["spec"]), without_service_name(pod), "inject::pod and inject::stream disagree");
 
     OUTPUTS.lock().unwrap().push(out.yaml);
     Ok(())
@@ -420,6 +445,11 @@ fn arbitrary_deployments_inject_idempotently_and_validate() {
         panic!("{e}");
     }
     let outputs = std::mem::take(&mut *OUTPUTS.lock().unwrap());
+    let errors = std::mem::take(&mut *ERRORS.lock().unwrap());
+    eprintln!("{} injected, {} refused; the first refusals:", outputs.len(), errors.len());
+    for e in errors.iter().take(5) {
+        eprintln!("  {e}");
+    }
     assert!(outputs.len() >= CASES as usize / 2, "only {} of {CASES} generated Deployments injected", outputs.len());
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("inject-properties-{}.yaml", std::process::id()));
     std::fs::write(&file, outputs.join("---\n")).unwrap();
@@ -445,4 +475,35 @@ fn generated_deployments_are_valid() {
     std::fs::write(&file, inputs.into_inner().unwrap().join("---\n")).unwrap();
     validate("64 generated Deployments", std::slice::from_ref(&file));
     let _ = std::fs::remove_file(&file);
+}
+
+/// The webhook sees a Deployment's pod before it has a name: only
+/// `generateName` (`<replicaset>-`, the ReplicaSet being `<deployment>-<pod-
+/// template-hash>`). Without an `app.kubernetes.io/name` or `app` label,
+/// OTEL_SERVICE_NAME must still be the workload's name, not one that changes
+/// with every rollout (the hash) or every pod.
+#[test]
+#[ignore = "defect: inject::pod names the service after generateName, pod-template-hash included"]
+fn webhook_pods_are_named_after_their_workload() {
+    let (deployment, _) = build(&DeploymentSpec {
+        name: "catalog".into(),
+        containers: vec![ContainerSpec {
+            ports: vec![PortSpec { named: true, protocol: None }],
+            readiness: None,
+            liveness: None,
+            startup: None,
+            lifecycle: 0,
+        }],
+        container_names: CONTAINER_NAMES.to_vec(),
+        numbers: PORT_NUMBERS.to_vec(),
+        names: PORT_NAMES.to_vec(),
+        init_container: false,
+        grace: None,
+        label: 0,
+        classic: false,
+    });
+    let mut pod = replica_pod(&deployment, "catalog");
+    inject::pod(&mut pod, &Options::default()).unwrap();
+    let outrider = pod["spec"]["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "outrider").unwrap();
+    assert_eq!(env(outrider, "OTEL_SERVICE_NAME").as_deref(), Some("catalog"));
 }
