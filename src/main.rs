@@ -27,6 +27,9 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("wait-ready") {
         return cli::wait_ready(std::env::args().skip(1));
     }
+    if std::env::args().nth(1).as_deref() == Some("webhook") {
+        return outrider::webhook::command(std::env::args().skip(1));
+    }
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(code) => return code,
