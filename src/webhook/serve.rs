@@ -3,9 +3,10 @@
 //! proxy), and the shutdown on SIGTERM or SIGINT:
 //!
 //! 1. `/readyz` fails and connections stop being kept alive, while new
-//!    ones are still accepted for [`Settings::drain_delay`]: the API server
-//!    keeps sending reviews to this pod until the endpoint's removal
-//!    reaches it, and a refused one would leave a pod uninjected.
+//!    ones are still accepted for [`Settings::drain_delay`] (or until a
+//!    second signal): the API server keeps sending reviews to this pod
+//!    until the endpoint's removal reaches it, and a refused one would
+//!    leave a pod uninjected.
 //! 2. The listener closes; reviews in flight finish, for at most
 //!    [`IN_FLIGHT_TIMEOUT`].
 //! 3. Whatever is still open is closed, and the process exits 0.
@@ -99,7 +100,12 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     };
     info!(signal, drain_delay = ?settings.drain_delay, "shutting down: /readyz fails, still accepting");
     drain.advance(Phase::Drain);
-    tokio::time::sleep(settings.drain_delay).await;
+    // A second signal ends the delay: whoever sends it wants out now.
+    tokio::select! {
+        () = tokio::time::sleep(settings.drain_delay) => {}
+        _ = terminate.recv() => info!("second signal: closing the listener now"),
+        _ = interrupt.recv() => info!("second signal: closing the listener now"),
+    }
     drain.advance(Phase::Close);
     let _ = server.await;
     if tokio::time::timeout(IN_FLIGHT_TIMEOUT, watch.connections().wait()).await.is_err() {
