@@ -33,10 +33,10 @@ fn main() {
     let git_dir = git_path("--git-dir").unwrap_or_else(|| ".git".to_owned());
     let common_dir = git_path("--git-common-dir").unwrap_or_else(|| git_dir.clone());
     let mut watched = vec![format!("{git_dir}/HEAD"), format!("{common_dir}/packed-refs")];
-    if let Ok(head) = std::fs::read_to_string(format!("{git_dir}/HEAD")) {
-        if let Some(reference) = head.trim().strip_prefix("ref: ") {
-            watched.push(format!("{common_dir}/{reference}"));
-        }
+    if let Ok(head) = std::fs::read_to_string(format!("{git_dir}/HEAD"))
+        && let Some(reference) = head.trim().strip_prefix("ref: ")
+    {
+        watched.push(format!("{common_dir}/{reference}"));
     }
     for path in watched.iter().filter(|p| Path::new(p).exists()) {
         println!("cargo:rerun-if-changed={path}");

@@ -36,10 +36,10 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let (Some(Ok(frame)), Some(counter)) = (&frame, self.counter) {
-            if let Some(data) = frame.data_ref() {
-                counter.inc_by(data.len() as u64);
-            }
+        if let (Some(Ok(frame)), Some(counter)) = (&frame, self.counter)
+            && let Some(data) = frame.data_ref()
+        {
+            counter.inc_by(data.len() as u64);
         }
         Poll::Ready(frame)
     }

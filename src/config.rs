@@ -280,10 +280,10 @@ impl Config {
         // figment's Env provider read them (prefix in any case, trimmed), so
         // no deployment's variable stops being read.
         for (name, value) in vars {
-            if let Some((prefix, key)) = name.trim().split_at_checked(ENV_PREFIX.len()) {
-                if prefix.eq_ignore_ascii_case(ENV_PREFIX) {
-                    raw.set_from(&key.trim().to_ascii_lowercase(), value, "");
-                }
+            if let Some((prefix, key)) = name.trim().split_at_checked(ENV_PREFIX.len())
+                && prefix.eq_ignore_ascii_case(ENV_PREFIX)
+            {
+                raw.set_from(&key.trim().to_ascii_lowercase(), value, "");
             }
         }
         for (key, value) in &overrides.0 {

@@ -43,6 +43,7 @@ pub mod drain;
 pub mod gate;
 pub mod grpc;
 pub mod health;
+pub mod hook;
 pub mod inject;
 pub mod proxy;
 pub mod run;

@@ -24,8 +24,13 @@ use tracing::error;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("wait-ready") {
-        return cli::wait_ready(std::env::args().skip(1));
+    // Subcommands; everything else is the proxy's command line.
+    match std::env::args().nth(1).as_deref() {
+        Some("wait-ready") => return cli::wait_ready(std::env::args().skip(1)),
+        Some("inject") => return outrider::inject::command(std::env::args().skip(1)),
+        Some("drain") => return outrider::hook::drain(std::env::args().skip(1)),
+        Some("install-hook") => return outrider::hook::install_hook(std::env::args().skip(1)),
+        _ => {}
     }
     if std::env::args().nth(1).as_deref() == Some("webhook") {
         return outrider::webhook::command(std::env::args().skip(1));

@@ -115,7 +115,7 @@ async fn sigterm_under_load_loses_nothing_and_stops_the_app_last() {
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
             while !stop.load(SeqCst) {
                 // Mostly quick requests, one in ten up to a second long.
-                let ms = if rng.next() % 10 == 0 { 200 + rng.next() % 800 } else { rng.next() % 10 };
+                let ms = if rng.next().is_multiple_of(10) { 200 + rng.next() % 800 } else { rng.next() % 10 };
                 let started = Instant::now();
                 let req = Request::get(format!("{url}/sleep?ms={ms}")).body(full("")).unwrap();
                 match send(&keep_alive, req).await {

@@ -192,10 +192,10 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper stops polling a body that reports its end (known length,
         // `HEAD`, 204/304): the connection is reusable all the same.
-        if let (Some(lease), Either::Left(body)) = (self.lease.as_mut(), &self.inner) {
-            if hyper::body::Body::is_end_stream(body) {
-                lease.release();
-            }
+        if let (Some(lease), Either::Left(body)) = (self.lease.as_mut(), &self.inner)
+            && hyper::body::Body::is_end_stream(body)
+        {
+            lease.release();
         }
     }
 }

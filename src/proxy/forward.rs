@@ -104,10 +104,10 @@ pub(super) async fn forward(
     let client_version = parts.version;
     // An absolute-form target (and every HTTP/2 request) carries the
     // authority in the URI; it then wins over any Host header (RFC 9112 §3.2.2).
-    if let Some(authority) = parts.uri.authority() {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            parts.headers.insert(HOST, host);
-        }
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(HOST, host);
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(name) = &inner.client_cert_header {
@@ -202,10 +202,10 @@ pub(super) async fn forward(
                     (Err(e), _) => return debug!(error = %e, "upgrade did not complete"),
                     (_, Err(e)) => return debug!(error = %e, "upgrade did not complete"),
                 };
-                if super::tunnel::splice(client, TokioIo::new(app), idle, drain).await {
-                    if let Some(counter) = &inner.tunnel_idle_closed {
-                        counter.inc();
-                    }
+                if super::tunnel::splice(client, TokioIo::new(app), idle, drain).await
+                    && let Some(counter) = &inner.tunnel_idle_closed
+                {
+                    counter.inc();
                 }
             }
             .in_current_span(),

@@ -168,11 +168,12 @@ where
             Poll::Pending => {
                 if let Some(activity) = &this.activity {
                     activity.wait();
-                    if let Some(idle) = &mut this.idle {
-                        if !activity.responded() && idle.poll_expired(cx, None).is_ready() {
-                            activity.cut(Cut::Stalled);
-                            return Poll::Ready(Some(Err(Box::new(RequestBodyIdle { timeout: idle.timeout() }))));
-                        }
+                    if let Some(idle) = &mut this.idle
+                        && !activity.responded()
+                        && idle.poll_expired(cx, None).is_ready()
+                    {
+                        activity.cut(Cut::Stalled);
+                        return Poll::Ready(Some(Err(Box::new(RequestBodyIdle { timeout: idle.timeout() }))));
                     }
                 }
                 return Poll::Pending;

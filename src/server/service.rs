@@ -208,16 +208,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        if let (Some(limits), Some(_)) = (self.head, self.close_when) {
-            if let Err(refusal) = head::check(&req, limits, &self.state.ambiguous_heads) {
-                let (reason, i) = refusal.reason();
-                if let Some(counter) = &limits.refused[i] {
-                    counter.inc();
-                }
-                info!(peer = %self.peer, reason, "refused a request head; closing the connection");
-                let response = refusal.response().map(|body| Tracked { inner: Either::Right(body), _active: None });
-                return ConnServiceFuture::Refused { response: Some(response) };
+        if let (Some(limits), Some(_)) = (self.head, self.close_when)
+            && let Err(refusal) = head::check(&req, limits, &self.state.ambiguous_heads)
+        {
+            let (reason, i) = refusal.reason();
+            if let Some(counter) = &limits.refused[i] {
+                counter.inc();
             }
+            info!(peer = %self.peer, reason, "refused a request head; closing the connection");
+            let response = refusal.response().map(|body| Tracked { inner: Either::Right(body), _active: None });
+            return ConnServiceFuture::Refused { response: Some(response) };
         }
         let upgrade = self.close_when.is_some() && req.headers().contains_key(UPGRADE);
         if upgrade {
@@ -263,10 +263,8 @@ where
         let mut response = std::task::ready!(inner.poll(cx))?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let active = active.take();
-        if *upgrade {
-            if let Some(active) = &active {
-                active.0.switched.store(switching, Ordering::Release);
-            }
+        if *upgrade && let Some(active) = &active {
+            active.0.switched.store(switching, Ordering::Release);
         }
         // Checked at response time: a request that began before the drain
         // and ends during it still tells its client to go. An upgrade

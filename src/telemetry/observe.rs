@@ -161,10 +161,10 @@ impl Observer {
                 attributes.push(KeyValue::new("http.request.method_original", req.method().as_str().to_owned()));
             }
             attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
-            if self.options.capture_query {
-                if let Some(q) = req.uri().query() {
-                    attributes.push(KeyValue::new("url.query", q.to_owned()));
-                }
+            if self.options.capture_query
+                && let Some(q) = req.uri().query()
+            {
+                attributes.push(KeyValue::new("url.query", q.to_owned()));
             }
             attributes.push(KeyValue::new("url.scheme", self.options.scheme));
             if let Some(route) = route {
@@ -196,10 +196,10 @@ impl Observer {
                 }
             }
             attributes.push(KeyValue::new("network.protocol.version", version_label(req.version())));
-            if let Some(ua) = req.headers().get(http::header::USER_AGENT) {
-                if let Some(ua) = cached.user_agent.get(ua, |ua| Some(StringValue::from(Arc::<str>::from(ua.to_str().ok()?)))) {
-                    attributes.push(KeyValue::new("user_agent.original", ua));
-                }
+            if let Some(ua) = req.headers().get(http::header::USER_AGENT)
+                && let Some(ua) = cached.user_agent.get(ua, |ua| Some(StringValue::from(Arc::<str>::from(ua.to_str().ok()?))))
+            {
+                attributes.push(KeyValue::new("user_agent.original", ua));
             }
             let builder = tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
             let span = tracer.build_with_context(builder, &parent);
@@ -608,12 +608,11 @@ where
             state.grpc = Some(Code::of(response.headers()));
         }
         state.record_outcome(response.body());
-        if state.observer.options.trace_response {
-            if let Some(span) = &state.span {
-                if let Some(v) = traceparent(span.span_context()) {
-                    response.headers_mut().insert(TRACERESPONSE.clone(), v);
-                }
-            }
+        if state.observer.options.trace_response
+            && let Some(span) = &state.span
+            && let Some(v) = traceparent(span.span_context())
+        {
+            response.headers_mut().insert(TRACERESPONSE.clone(), v);
         }
         let end = response.body().is_end_stream();
         let mut response = response.map(|inner| ObservedBody { inner, state });
@@ -641,10 +640,10 @@ impl<B: Body<Data = Bytes> + Outcome + Unpin> Body for ObservedBody<B> {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.state.bytes_out += data.len() as u64;
-                } else if this.state.grpc.is_some() {
-                    if let Some(code) = frame.trailers_ref().and_then(Code::of) {
-                        this.state.grpc = Some(Some(code));
-                    }
+                } else if this.state.grpc.is_some()
+                    && let Some(code) = frame.trailers_ref().and_then(Code::of)
+                {
+                    this.state.grpc = Some(Some(code));
                 }
                 if this.inner.is_end_stream() {
                     this.state.finish(false);
@@ -679,10 +678,10 @@ fn millis(d: std::time::Duration) -> f64 {
 
 fn split_host_port(host: &str) -> (&str, Option<u16>) {
     // `[::1]:8080`, `example.com:8080`, `example.com`, `::1` (no port).
-    if let Some(rest) = host.strip_prefix('[') {
-        if let Some((addr, port)) = rest.split_once(']') {
-            return (addr, port.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((addr, port)) = rest.split_once(']')
+    {
+        return (addr, port.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') => (name, port.parse().ok()),

@@ -226,10 +226,10 @@ fn lower_priority() {
     thread_local! {
         static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    if !LOWERED.with(|lowered| lowered.replace(true)) {
-        if let Err(e) = rustix::process::nice(10) {
-            tracing::debug!(error = %e, "could not lower the priority of a telemetry thread");
-        }
+    if !LOWERED.with(|lowered| lowered.replace(true))
+        && let Err(e) = rustix::process::nice(10)
+    {
+        tracing::debug!(error = %e, "could not lower the priority of a telemetry thread");
     }
 }
 
@@ -239,29 +239,29 @@ fn lower_priority() {
 fn check_sdk_variables() -> Result<(), OtelError> {
     const SAMPLERS: [&str; 6] =
         ["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"];
-    if let Some(sampler) = non_empty("OTEL_TRACES_SAMPLER") {
-        if !SAMPLERS.contains(&sampler.as_str()) {
-            return Err(OtelError::Invalid {
-                var: "OTEL_TRACES_SAMPLER",
-                value: sampler,
-                reason: "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
-            });
-        }
+    if let Some(sampler) = non_empty("OTEL_TRACES_SAMPLER")
+        && !SAMPLERS.contains(&sampler.as_str())
+    {
+        return Err(OtelError::Invalid {
+            var: "OTEL_TRACES_SAMPLER",
+            value: sampler,
+            reason: "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+        });
     }
-    if let Some(arg) = non_empty("OTEL_TRACES_SAMPLER_ARG") {
-        if !arg.parse::<f64>().is_ok_and(|ratio| (0.0..=1.0).contains(&ratio)) {
-            return Err(OtelError::Invalid { var: "OTEL_TRACES_SAMPLER_ARG", value: arg, reason: "expected a ratio from 0.0 to 1.0" });
-        }
+    if let Some(arg) = non_empty("OTEL_TRACES_SAMPLER_ARG")
+        && !arg.parse::<f64>().is_ok_and(|ratio| (0.0..=1.0).contains(&ratio))
+    {
+        return Err(OtelError::Invalid { var: "OTEL_TRACES_SAMPLER_ARG", value: arg, reason: "expected a ratio from 0.0 to 1.0" });
     }
     for (var, max, reason) in [
         ("OTEL_BSP_MAX_QUEUE_SIZE", 1_000_000, "expected a whole number from 1 to 1000000"),
         ("OTEL_BSP_SCHEDULE_DELAY", 86_400_000, "expected milliseconds from 1 to 86400000"),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1_000_000, "expected a whole number from 1 to 1000000"),
     ] {
-        if let Some(value) = non_empty(var) {
-            if !value.parse::<u64>().is_ok_and(|n| (1..=max).contains(&n)) {
-                return Err(OtelError::Invalid { var, value, reason });
-            }
+        if let Some(value) = non_empty(var)
+            && !value.parse::<u64>().is_ok_and(|n| (1..=max).contains(&n))
+        {
+            return Err(OtelError::Invalid { var, value, reason });
         }
     }
     Ok(())
