@@ -203,11 +203,11 @@ fn warnings_of(response: &Value) -> Vec<String> {
 
 /// `outrider inject -f POD.yaml` on the pod, written as YAML: its stdout
 /// as JSON, and its stderr (the notes).
-fn inject_cli(pod: &Value) -> (Value, String) {
+fn inject_cli(pod: &Value, flags: &[&str]) -> (Value, String) {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let path = std::env::temp_dir().join(format!("outrider-webhook-pod-{}-{nanos}.yaml", std::process::id()));
     std::fs::write(&path, serde_yaml_ng::to_string(pod).unwrap()).unwrap();
-    let out = Command::new(BIN).args(["inject", "-f"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN).args(["inject", "-f"]).arg(&path).args(flags).output().unwrap();
     let _ = std::fs::remove_file(&path);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "outrider inject failed: {stderr}");
@@ -233,7 +233,7 @@ async fn the_patch_turns_the_captured_pod_into_what_inject_makes_of_it() {
     let patch = patch_of(&response).unwrap_or_else(|| panic!("no patch for the fixture's pod: {response}"));
     let mut patched = pod.clone();
     json_patch::patch(&mut patched, &patch).unwrap();
-    let (expected, _) = inject_cli(&pod);
+    let (expected, _) = inject_cli(&pod, &[]);
     assert_eq!(patched, expected, "the webhook's pod and `outrider inject`'s differ");
 
     let line = eventually("the admission's log line", || {
@@ -300,7 +300,7 @@ async fn notes_become_warnings() {
     assert!(response.get("patch").is_some(), "{response}");
     let warnings = warnings_of(&response);
     assert!(!warnings.is_empty(), "inject's notes must reach kubectl as warnings: {response}");
-    let (_, notes) = inject_cli(&pod);
+    let (_, notes) = inject_cli(&pod, &[]);
     for warning in &warnings {
         let note = warning.strip_prefix("outrider: ").unwrap_or_else(|| panic!("{warning:?} does not say it is outrider's"));
         assert!(notes.contains(note), "warning {note:?} is not among `outrider inject`'s notes:\n{notes}");
@@ -441,7 +441,10 @@ async fn classic_and_image_flags_reach_the_patch() {
     let patch = patch_of(&response).unwrap_or_else(|| panic!("no patch: {response}"));
     let mut pod = review["request"]["object"].clone();
     json_patch::patch(&mut pod, &patch).unwrap();
-    // Classic: outrider is the pod's first container, with the image given.
-    assert_eq!(pod["spec"]["containers"][0]["name"], "outrider", "{pod}");
-    assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example/outrider:test");
+    let (expected, _) = inject_cli(&review["request"]["object"], &["--classic", "--image", "registry.example/outrider:test"]);
+    assert_eq!(pod, expected, "the webhook's pod and `outrider inject --classic --image ...`'s differ");
+    // Classic: outrider is a regular container, not an init container.
+    let outrider = pod["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "outrider").expect("no outrider container");
+    assert_eq!(outrider["image"], "registry.example/outrider:test");
+    assert!(pod["spec"]["initContainers"].as_array().unwrap().iter().all(|c| c["name"] != "outrider"), "{pod}");
 }

@@ -271,18 +271,14 @@ mod tests {
     }
 
     /// The patch takes the pod as sent to exactly what `inject::pod`
-    /// makes of it, and carries its notes as warnings. (Needs the inject
-    /// core: until it lands, inject answers an error, checked above.)
+    /// makes of it, and carries its notes as warnings.
     #[test]
     fn the_patch_applies_to_the_injected_pod() {
         let opts = Options::default();
         let r = review(&body("CREATE", "Pod", &pod()), &opts).unwrap();
         let mut expected = pod();
-        let outcome = inject::pod(&mut expected, &opts);
-        let Ok(Outcome::Injected { notes }) = outcome else {
-            assert_eq!(r.verdict, Verdict::Error, "{outcome:?}");
-            return;
-        };
+        let Ok(Outcome::Injected { notes }) = inject::pod(&mut expected, &opts) else { panic!("the test pod must be injectable") };
+        assert!(!notes.is_empty());
         assert_eq!(r.verdict, Verdict::Injected);
         let v = response(&r);
         assert_eq!(v["response"]["patchType"], "JSONPatch");
@@ -298,5 +294,29 @@ mod tests {
         let again = review(&body("CREATE", "Pod", &expected), &opts).unwrap();
         assert_eq!(again.verdict, Verdict::AlreadyInjected);
         assert!(again.response.response.unwrap().patch.is_none());
+    }
+
+    #[test]
+    fn an_opted_out_pod_is_skipped_without_a_warning() {
+        let mut pod = pod();
+        pod["metadata"]["annotations"] = json!({"outrider.dev/inject": "disabled"});
+        let r = review(&body("CREATE", "Pod", &pod), &Options::default()).unwrap();
+        assert_eq!(r.verdict, Verdict::Skipped);
+        assert!(!r.reason.is_empty());
+        let v = response(&r);
+        assert!(v["response"].get("patch").is_none() && v["response"].get("warnings").is_none(), "{v}");
+    }
+
+    #[test]
+    fn a_pod_inject_refuses_is_allowed_with_its_reason_as_a_warning() {
+        // No port to put outrider in front of.
+        let mut pod = pod();
+        pod["spec"]["containers"][0].as_object_mut().unwrap().remove("ports");
+        let r = review(&body("CREATE", "Pod", &pod), &Options::default()).unwrap();
+        assert_eq!(r.verdict, Verdict::Error);
+        let v = response(&r);
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+        assert_eq!(v["response"]["warnings"], json!([format!("outrider: not injected: {}", r.reason)]));
     }
 }
