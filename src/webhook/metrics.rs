@@ -25,8 +25,10 @@ impl Metrics {
         let registry = Registry::new();
         let admissions =
             IntCounterVec::new(Opts::new("outrider_webhook_admissions_total", "AdmissionReviews answered, by outcome."), &["outcome"])?;
-        // Reviewing a pod takes well under a millisecond; the upper buckets
-        // are for a loaded node, far below the API server's 5 s timeout.
+        // The fixture's pod (an 8.5 KB review) took 4.5 ms per review in an
+        // unoptimised build on a loaded 2-core machine; release builds are
+        // faster. The upper buckets are for a starved node, still well
+        // below the API server's 5 s timeout.
         let duration = Histogram::with_opts(
             HistogramOpts::new(
                 "outrider_webhook_admission_duration_seconds",
