@@ -385,7 +385,7 @@ async fn a_rotated_certificate_is_served_to_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_fails_readiness_keeps_serving_then_exits_zero() {
+async fn sigterm_fails_readiness_keeps_serving_finishes_in_flight_then_exits_zero() {
     let pki = Pki::new("shutdown");
     let mut webhook = Webhook::start(&pki, &["--drain-delay", "10m"]).await;
     webhook.signal(Signal::SIGTERM);
@@ -394,8 +394,31 @@ async fn sigterm_fails_readiness_keeps_serving_then_exits_zero() {
     let mut update = fixture();
     update["request"]["operation"] = json!("UPDATE");
     webhook.review(&update).await;
-    // A second signal ends the delay.
+    // A review in flight when the listener closes: half its body sent. The
+    // `100 Continue` (sent when the webhook starts reading the body) says
+    // the request has reached it.
+    let body = serde_json::to_vec(&update).unwrap();
+    let mut in_flight = webhook.connect().await.unwrap();
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut in_flight, head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read_exact(&mut in_flight, &mut interim)).await.unwrap().unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut in_flight, &body[..body.len() / 2]).await.unwrap();
+    tokio::io::AsyncWriteExt::flush(&mut in_flight).await.unwrap();
+    // A second signal ends the delay: the listener closes.
     webhook.signal(Signal::SIGINT);
+    eventually("the listener to close", || async { webhook.connect().await.is_err().then_some(()) }).await;
+    // The review in flight still gets its answer.
+    tokio::io::AsyncWriteExt::write_all(&mut in_flight, &body[body.len() / 2..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read_to_end(&mut in_flight, &mut answer)).await.unwrap().unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("\"allowed\":true"), "{answer}");
     let status = eventually("the webhook to exit", || {
         let status = webhook.child.try_wait().unwrap();
         async move { status }
