@@ -358,6 +358,30 @@ async fn http_errors_probes_and_metrics() {
     assert!(read.is_ok() && !buf.starts_with(b"HTTP/"), "plain HTTP must not be answered");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn reviews_over_http2() {
+    let pki = Pki::new("h2");
+    let webhook = Webhook::start(&pki, &[]).await;
+    let mut config = (*pki.client_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
+    let stream = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), stream).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    // Two reviews on one connection, as the API server reuses it.
+    for _ in 0..2 {
+        let body = serde_json::to_vec(&fixture()).unwrap();
+        let req = Request::post("https://localhost/inject").header("content-type", "application/json").body(full(body)).unwrap();
+        let response = h2.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert!(patch_of(&answer["response"]).is_some_and(|p| !p.0.is_empty()), "{answer}");
+    }
+}
+
 fn peer_cn(stream: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
     let cert = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();

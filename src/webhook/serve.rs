@@ -71,17 +71,26 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let local = listener.local_addr().unwrap_or(settings.listen);
     let (drain, watch) = drain::Manual::new();
     let state = Arc::new(State { inject: settings.inject.clone(), metrics: Metrics::new()?, drain: watch.clone() });
+    // The API server may speak HTTP/2 (ALPN offers it) and keeps its
+    // connections open between reviews.
     let options = ServerOptions {
         // A complete request head, or TLS handshake, within this; the API
-        // server sends both at once.
+        // server sends each at once, so only a stalled client waits here.
         header_read_timeout: Duration::from_secs(10),
+        // An AdmissionReview's headers are a few hundred bytes.
         max_header_bytes: 64 * 1024,
         connections: None,
+        // Every API server replica keeps a few connections; the rest wait
+        // in the accept backlog.
         max_connections: 1024,
         tls: Some(tls.acceptor.clone()),
         head: Some(HeadLimits { max_head_bytes: 64 * 1024, max_line_bytes: 16 * 1024, refused: [None, None, None] }),
+        // A peer that vanished (an API server replica gone, a NAT that
+        // forgot the connection) stops holding a slot after at most 50 s.
         h2_keepalive: Some((Duration::from_secs(30), Duration::from_secs(20))),
         h2_idle_timeout: None,
+        // An HTTP/1 client that takes none of its answer for this long is
+        // gone; the API server gave up on it after 5 s anyway.
         send_timeout: Some(Duration::from_secs(30)),
         quiet: None,
     };
