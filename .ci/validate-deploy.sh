@@ -6,9 +6,11 @@
 #     oldest Kubernetes the manifests support (1.29: native sidecars) and the
 #     newest version whose schemas kubernetes-validate bundles;
 #   * structural checks in Python for what has no bundled schema (the
-#     ServiceMonitor CRD, the kustomization, the compose file) and for the
-#     cross-file invariants a schema cannot see (Service selectors, admin
-#     token, grace period).
+#     ServiceMonitor and cert-manager CRDs, the kustomizations, the compose
+#     file) and for the cross-file invariants a schema cannot see (Service
+#     selectors, admin token, grace period; the webhook's Service,
+#     certificate and MutatingWebhookConfiguration agreeing).
+#   * deploy/kubernetes/webhook/ (`outrider webhook`) likewise.
 # Prints one "OK ..." line per check; exits non-zero on the first failure.
 #
 #   bash .ci/validate-deploy.sh
@@ -24,9 +26,10 @@ KUBERNETES_VALIDATE_REQ="kubernetes-validate>=1.37.0"
 YAMLLINT_REQ="yamllint>=1.35"
 
 K8S_DIR=deploy/kubernetes
+WEBHOOK_DIR=$K8S_DIR/webhook
 COMPOSE_FILE=deploy/compose/docker-compose.yml
 # Not plain Kubernetes API objects: checked structurally below.
-K8S_SKIP=(kustomization.yaml servicemonitor.yaml)
+K8S_SKIP=(kustomization.yaml servicemonitor.yaml certificate.yaml)
 
 fail() {
     echo "FAIL $*" >&2
@@ -60,7 +63,7 @@ echo "OK yamllint ${lint_targets[*]}"
 
 # --- kubernetes-validate -----------------------------------------------------
 manifests=()
-for f in "$K8S_DIR"/*.yaml; do
+for f in "$K8S_DIR"/*.yaml "$WEBHOOK_DIR"/*.yaml; do
     skip=
     for s in "${K8S_SKIP[@]}"; do
         if [[ $(basename "$f") == "$s" ]]; then
@@ -90,7 +93,7 @@ for version in "$K8S_MIN_VERSION" "$K8S_VERSION"; do
 done
 
 # --- structural checks -------------------------------------------------------
-"$PYTHON" - "$K8S_DIR" "$COMPOSE_FILE" <<'EOF'
+"$PYTHON" - "$K8S_DIR" "$COMPOSE_FILE" "$WEBHOOK_DIR" <<'EOF'
 import base64
 import os
 import re
@@ -98,7 +101,7 @@ import sys
 
 import yaml
 
-k8s_dir, compose_file = sys.argv[1], sys.argv[2]
+k8s_dir, compose_file, webhook_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def fail(msg):
@@ -255,6 +258,141 @@ for sm in load_all(smpath):
                 fail(f"{smpath}: Service {s['metadata']['name']} has no port named {ep['port']}")
     print(f"OK {smpath}: ServiceMonitor selects {len(selected)} Services on port(s) "
           f"{', '.join(e['port'] + e['path'] for e in endpoints)}")
+
+# The webhook (deploy/kubernetes/webhook/): its kustomization, the
+# cert-manager objects (CRDs, no bundled schema), and that the Service, the
+# Deployment, the Certificate and the MutatingWebhookConfiguration agree.
+wkpath = os.path.join(webhook_dir, "kustomization.yaml")
+wkust = load_all(wkpath)[0]
+if wkust.get("kind") != "Kustomization" or wkust.get("apiVersion") != "kustomize.config.k8s.io/v1beta1":
+    fail(f"{wkpath}: expected a kustomize.config.k8s.io/v1beta1 Kustomization")
+wresources = wkust.get("resources") or []
+for r in wresources:
+    if not os.path.isfile(os.path.join(webhook_dir, r)):
+        fail(f"{wkpath}: resource {r} does not exist")
+unlisted = sorted(f for f in os.listdir(webhook_dir)
+                  if f.endswith((".yaml", ".yml")) and f not in wresources and f != "kustomization.yaml")
+if unlisted:
+    fail(f"{wkpath}: not listed: {', '.join(unlisted)}")
+wobjects = [(r, d) for r in wresources for d in load_all(os.path.join(webhook_dir, r))]
+
+
+def one(kind, api_version=None):
+    found = [(f, d) for f, d in wobjects if d.get("kind") == kind and (api_version is None or d.get("apiVersion") == api_version)]
+    if len(found) != 1:
+        fail(f"{webhook_dir}: expected one {api_version or ''} {kind}, found {len(found)}")
+    return found[0]
+
+
+_, ns = one("Namespace")
+namespace = ns["metadata"]["name"]
+for f, d in wobjects:
+    if d.get("kind") not in ("Namespace", "MutatingWebhookConfiguration") and dig(d, "metadata", "namespace") != namespace:
+        fail(f"{f}: {d.get('kind')} {dig(d, 'metadata', 'name')} is not in namespace {namespace}")
+
+# cert-manager: a self-signed Issuer and a Certificate for the Service's DNS name.
+cf, issuer = one("Issuer", "cert-manager.io/v1")
+if set(issuer.get("spec") or {}) != {"selfSigned"}:
+    fail(f"{cf}: the Issuer should be selfSigned only")
+cf, cert = one("Certificate", "cert-manager.io/v1")
+cspec = cert.get("spec") or {}
+allowed_cert = {"secretName", "dnsNames", "duration", "renewBefore", "privateKey", "issuerRef", "commonName",
+                "usages", "secretTemplate", "subject", "isCA", "ipAddresses", "uris", "emailAddresses",
+                "revisionHistoryLimit", "keystores", "literalSubject", "additionalOutputFormats",
+                "nameConstraints", "otherNames", "encodeUsagesInRequest", "renewBeforePercentage", "signatureAlgorithm"}
+unknown = set(cspec) - allowed_cert
+if unknown:
+    fail(f"{cf}: unknown Certificate spec fields {sorted(unknown)}")
+for field in ("secretName", "dnsNames", "issuerRef"):
+    if not cspec.get(field):
+        fail(f"{cf}: Certificate without spec.{field}")
+ref = cspec["issuerRef"]
+if ref.get("name") != issuer["metadata"]["name"] or ref.get("kind", "Issuer") != "Issuer" \
+        or ref.get("group", "cert-manager.io") != "cert-manager.io":
+    fail(f"{cf}: issuerRef does not name the Issuer {issuer['metadata']['name']}")
+dur = re.compile(r"^(\d+(\.\d+)?(h|m|s|ms))+$")
+for field in ("duration", "renewBefore"):
+    if field in cspec and not dur.match(str(cspec[field])):
+        fail(f"{cf}: spec.{field} {cspec[field]!r} is not a Go duration")
+
+# The Deployment runs `outrider webhook` with the Certificate's Secret.
+df, dep = one("Deployment", "apps/v1")
+pod = dig(dep, "spec", "template", "spec")
+containers = pod.get("containers") or []
+hooks = [c for c in containers if (c.get("args") or [None])[0] == "webhook"]
+if len(hooks) != 1:
+    fail(f"{df}: expected one container running `outrider webhook`")
+hook = hooks[0]
+secret_volumes = {v["name"]: dig(v, "secret", "secretName") for v in pod.get("volumes") or [] if "secret" in v}
+mounts = {m["name"]: m["mountPath"] for m in hook.get("volumeMounts") or []}
+env = {e["name"]: e.get("value") for e in hook.get("env") or []}
+tls_volume = [n for n, s in secret_volumes.items() if s == cspec["secretName"]]
+if not tls_volume or tls_volume[0] not in mounts:
+    fail(f"{df}: the Secret {cspec['secretName']} of the Certificate is not mounted in the webhook container")
+tls_dir = mounts[tls_volume[0]].rstrip("/")
+for var, name in (("OUTRIDER_WEBHOOK_TLS_CERT", "tls.crt"), ("OUTRIDER_WEBHOOK_TLS_KEY", "tls.key")):
+    if env.get(var) != f"{tls_dir}/{name}":
+        fail(f"{df}: {var} should be {tls_dir}/{name}")
+if pod.get("automountServiceAccountToken") is not False:
+    fail(f"{df}: the webhook reads nothing from the API: automountServiceAccountToken must be false")
+if (dep["spec"].get("replicas") or 1) < 2:
+    fail(f"{df}: one replica leaves the API server without the webhook during a rollout")
+ports = {p["name"]: p["containerPort"] for p in hook.get("ports") or []}
+listen = env.get("OUTRIDER_WEBHOOK_LISTEN", "0.0.0.0:8443")
+if int(listen.rsplit(":", 1)[1]) not in ports.values():
+    fail(f"{df}: OUTRIDER_WEBHOOK_LISTEN {listen} is not a declared container port")
+for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    get = dig(hook, probe, "httpGet") or {}
+    if get.get("path") != path or get.get("scheme") != "HTTPS":
+        fail(f"{df}: {probe} should GET {path} over HTTPS")
+pf, pdb = one("PodDisruptionBudget", "policy/v1")
+labels = dig(dep, "spec", "template", "metadata", "labels") or {}
+if not all(labels.get(k) == v for k, v in (dig(pdb, "spec", "selector", "matchLabels") or {}).items()):
+    fail(f"{pf}: the PodDisruptionBudget does not select the webhook's pods")
+
+# The Service reaches that port; the Certificate names the Service.
+sf, svc = one("Service")
+if not all(labels.get(k) == v for k, v in (dig(svc, "spec", "selector") or {}).items()):
+    fail(f"{sf}: the Service does not select the webhook's pods")
+svc_name = svc["metadata"]["name"]
+if f"{svc_name}.{namespace}.svc" not in cspec["dnsNames"]:
+    fail(f"{cf}: dnsNames must include {svc_name}.{namespace}.svc, the name the API server dials")
+
+# Every webhook: through that Service, Ignore, no side effects, v1, pods only,
+# kube-system and the webhook's namespace excluded.
+mf, mwc = one("MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1")
+inject_from = dig(mwc, "metadata", "annotations", "cert-manager.io/inject-ca-from")
+if inject_from != f"{namespace}/{cert['metadata']['name']}":
+    fail(f"{mf}: cert-manager.io/inject-ca-from should be {namespace}/{cert['metadata']['name']}")
+webhooks = mwc.get("webhooks") or []
+if len(webhooks) != 2:
+    fail(f"{mf}: expected two webhooks (namespace and pod selection)")
+svc_ports = {p["port"]: p.get("targetPort", p["port"]) for p in dig(svc, "spec", "ports") or []}
+for wh in webhooks:
+    name = wh["name"]
+    ref = dig(wh, "clientConfig", "service") or {}
+    if (ref.get("name"), ref.get("namespace"), ref.get("path")) != (svc_name, namespace, "/inject"):
+        fail(f"{mf}: {name}: clientConfig.service should be {namespace}/{svc_name} path /inject")
+    target = svc_ports.get(ref.get("port", 443))
+    if target is None or (target not in ports and target not in ports.values()):
+        fail(f"{mf}: {name}: Service port {ref.get('port', 443)} does not reach the webhook container")
+    expected = {"failurePolicy": "Ignore", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 5}
+    for k, v in expected.items():
+        if wh.get(k) != v:
+            fail(f"{mf}: {name}: {k} should be {v!r}, is {wh.get(k)!r}")
+    for rule in wh.get("rules") or []:
+        if rule.get("operations") != ["CREATE"] or rule.get("resources") != ["pods"] or rule.get("apiGroups") != [""]:
+            fail(f"{mf}: {name}: rules should match the CREATE of pods only")
+    excluded = [e for e in dig(wh, "namespaceSelector", "matchExpressions") or []
+                if e.get("key") == "kubernetes.io/metadata.name" and e.get("operator") == "NotIn"]
+    if not excluded or not {"kube-system", namespace} <= set(excluded[0].get("values") or []):
+        fail(f"{mf}: {name}: kube-system and {namespace} must be excluded by kubernetes.io/metadata.name")
+if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+    fail(f"{df}: the webhook must run as non-root")
+print(f"OK {webhook_dir}: {len(wresources)} resources; Certificate {cert['metadata']['name']} for "
+      f"{svc_name}.{namespace}.svc mounted in the Deployment, {len(webhooks)} webhooks through the Service, "
+      f"failurePolicy Ignore, {namespace} and kube-system excluded")
 
 # docker compose file.
 doc = load_all(compose_file)

@@ -62,13 +62,17 @@ pub fn drain(args: impl Iterator<Item = String>) -> ExitCode {
         }
     };
     let addr = cli.admin;
-    let outcome = runtime.block_on(tokio::time::timeout(cli.timeout, async move {
-        let stream =
-            tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot reach outrider's admin listener at {addr}: {e}"))?;
-        crate::health::get_status(hyper_util::rt::TokioIo::new(stream), &addr.to_string(), "/drain")
-            .await
-            .map_err(|e| format!("{addr}/drain: {e}"))
-    }));
+    // The timer is made inside the runtime: tokio's needs one to exist.
+    let outcome = runtime.block_on(async move {
+        tokio::time::timeout(cli.timeout, async move {
+            let stream =
+                tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot reach outrider's admin listener at {addr}: {e}"))?;
+            crate::health::get_status(hyper_util::rt::TokioIo::new(stream), &addr.to_string(), "/drain")
+                .await
+                .map_err(|e| format!("{addr}/drain: {e}"))
+        })
+        .await
+    });
     match outcome {
         Ok(Ok(StatusCode::OK)) => {
             eprintln!("outrider drain: drained");

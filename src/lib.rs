@@ -24,6 +24,9 @@
 //! * `tls`: rustls server config, certificate hot reload, mTLS subjects,
 //!   and the client configs (to an `https://` app, to the OTLP collector).
 //! * `trust`: the front proxies whose forwarding headers are believed.
+//! * `inject`: adds outrider to the pod templates of Kubernetes manifests.
+//! * `webhook`: `outrider webhook`, the mutating admission webhook that
+//!   injects pods as they are created.
 //! * `gate`: a future polled only when it woke its task, for the branches
 //!   of a connection's `select!` that almost never fire.
 //!
@@ -49,3 +52,4 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
 pub mod trust;
+pub mod webhook;

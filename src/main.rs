@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Some("inject") => return outrider::inject::command(std::env::args().skip(1)),
         Some("drain") => return outrider::hook::drain(std::env::args().skip(1)),
         Some("install-hook") => return outrider::hook::install_hook(std::env::args().skip(1)),
+        Some("webhook") => return outrider::webhook::command(std::env::args().skip(1)),
         _ => {}
     }
     let cli = match Cli::parse_args() {

@@ -191,3 +191,32 @@ async fn other_methods_are_refused_and_do_not_drain() {
     assert_eq!((status, body.as_str()), (200, "drained\n"));
     assert_drained_by(&proxy, loopback).await;
 }
+
+/// The preStop hook of an injected app container (docs/kubernetes.md):
+/// `outrider install-hook DIR` copies the binary, and that copy's
+/// `outrider drain` drains over loopback with no token, answering only once
+/// the drain is over. Without outrider to ask, it fails with one line.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_injected_pre_stop_hook_drains_over_loopback() {
+    let dir = std::env::temp_dir().join(format!("outrider-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = tokio::process::Command::new(BIN).args(["install-hook"]).arg(&dir).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hook = dir.join("outrider");
+    let version = tokio::process::Command::new(&hook).arg("--version").output().await.unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("outrider "), "the installed copy runs");
+
+    let (refused, _keep) = refused_addr();
+    let out = tokio::process::Command::new(&hook).args(["drain", "--admin", &refused.to_string()]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("outrider drain: cannot reach outrider's admin listener") && stderr.lines().count() == 1, "{stderr}");
+
+    let app = App::start().await;
+    let proxy = start(&app, Some(TOKEN)).await;
+    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, proxy.admin.port()));
+    let out = tokio::process::Command::new(&hook).args(["drain", "--admin", &admin.to_string()]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_drained_by(&proxy, IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -48,16 +48,27 @@ pub enum Outcome {
 /// An annotation, the pod spec or the app's ports do not allow it; the pod
 /// is left unchanged.
 pub fn pod(pod: &mut Value, opts: &Options) -> Result<Outcome, InjectError> {
-    let name = pod
-        .pointer("/metadata/name")
-        .or_else(|| pod.pointer("/metadata/generateName"))
-        .and_then(Value::as_str)
-        .map(|n| n.trim_end_matches('-').to_owned());
+    let name = workload_name(pod);
     let workload = self::pod::Workload { kind: "Pod", name: name.as_deref(), annotations: None };
     Ok(match self::pod::inject(pod, &workload, opts)? {
         self::pod::Injected::Done { notes, .. } => Outcome::Injected { notes },
         self::pod::Injected::Skipped { reason } => Outcome::Skipped { reason },
     })
+}
+
+/// The name of the workload a pod was made from, as `outrider inject` on
+/// that workload would see it: a ReplicaSet's pod `web-7d9f8c-x2x4q`
+/// (generateName `web-7d9f8c-`, label `pod-template-hash: 7d9f8c`) is
+/// `web`; a StatefulSet's `db-0` is `db`; otherwise the pod's name, or its
+/// generateName without the trailing `-`.
+fn workload_name(pod: &Value) -> Option<String> {
+    let label = |k: &str| pod.pointer("/metadata/labels").and_then(|l| l.get(k)).and_then(Value::as_str);
+    let generated = pod.pointer("/metadata/generateName").and_then(Value::as_str).map(|n| n.trim_end_matches('-'));
+    let named = pod.pointer("/metadata/name").and_then(Value::as_str).filter(|n| !n.is_empty());
+    let name = generated.filter(|n| !n.is_empty()).or(named)?;
+    let suffix = label("pod-template-hash").or_else(|| label("apps.kubernetes.io/pod-index"));
+    let base = suffix.and_then(|s| name.strip_suffix(s)).and_then(|n| n.strip_suffix('-')).filter(|n| !n.is_empty());
+    Some(base.unwrap_or(name).to_owned())
 }
 
 /// Takes outrider out of a Pod object, restoring what inject changed.
@@ -75,4 +86,21 @@ pub fn uninject_pod(pod: &mut Value) -> Result<Outcome, InjectError> {
 /// A document is not YAML, or a workload cannot be injected.
 pub fn stream(input: &str, opts: &Options, mode: Mode) -> Result<Output, InjectError> {
     self::stream::run(input, opts, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::workload_name;
+
+    #[test]
+    fn a_pod_is_named_for_its_workload() {
+        let name = |meta: serde_json::Value| workload_name(&json!({"metadata": meta}));
+        assert_eq!(name(json!({"generateName": "web-7d9f8c-", "labels": {"pod-template-hash": "7d9f8c"}})).as_deref(), Some("web"));
+        assert_eq!(name(json!({"name": "db-0", "labels": {"apps.kubernetes.io/pod-index": "0"}})).as_deref(), Some("db"));
+        assert_eq!(name(json!({"generateName": "agent-"})).as_deref(), Some("agent"));
+        assert_eq!(name(json!({"name": "solo"})).as_deref(), Some("solo"));
+        assert_eq!(name(json!({})), None);
+    }
 }

@@ -12,8 +12,9 @@ pub const SIDECAR: &str = "outrider";
 pub const INIT: &str = "outrider-init";
 /// The volume that carries that binary into the app container.
 pub const VOLUME: &str = "outrider-bin";
-/// Where the volume is mounted, in both containers.
-pub const MOUNT: &str = "/outrider";
+/// Where the volume is mounted, in `outrider-init` and the app container.
+/// Not `/outrider`: that is the binary's own path in outrider's image.
+pub const MOUNT: &str = "/outrider-hook";
 /// The admin port's name in the sidecar.
 pub const ADMIN_PORT_NAME: &str = "outrider-admin";
 /// The public port's name when the app's port had none to take over.

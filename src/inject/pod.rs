@@ -532,3 +532,167 @@ fn pointer_mut<'a>(obj: &'a mut Map<String, Value>, pointer: &str) -> Option<&'a
         Some(rest) => first.pointer_mut(&format!("/{rest}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn deployment_template() -> Value {
+        json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {
+                "containers": [{
+                    "name": "web",
+                    "image": "web:1",
+                    "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 4, "failureThreshold": 2},
+                    "livenessProbe": {"tcpSocket": {"port": "http"}},
+                }],
+            },
+        })
+    }
+
+    fn workload() -> Workload<'static> {
+        Workload { kind: "Deployment", name: Some("web"), annotations: None }
+    }
+
+    fn inject_ok(t: &mut Value, opts: &Options) -> (Vec<String>, Takeover) {
+        match inject(t, &workload(), opts).unwrap() {
+            Injected::Done { notes, takeover } => (notes, takeover),
+            Injected::Skipped { reason } => panic!("skipped: {reason}"),
+        }
+    }
+
+    fn env(t: &Value, name: &str) -> Option<String> {
+        let sidecar = t.pointer("/spec/initContainers").and_then(Value::as_array)?.iter().find(|c| c["name"] == SIDECAR)?;
+        sidecar["env"].as_array()?.iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str()).map(str::to_owned)
+    }
+
+    #[test]
+    fn a_named_port_moves_to_outrider_and_comes_back() {
+        let input = deployment_template();
+        let mut t = input.clone();
+        let (_, takeover) = inject_ok(&mut t, &Options::default());
+        assert_eq!((takeover.app_port, takeover.app_port_name.as_deref(), takeover.listen_port), (8080, Some("http"), 15080));
+        let app = &t["spec"]["containers"][0];
+        assert_eq!(app["ports"][0], json!({"containerPort": 8080}), "the app's port loses its name, keeps its number");
+        assert_eq!(app["ports"][1]["name"], "metrics", "other ports are untouched");
+        assert_eq!(app["livenessProbe"]["tcpSocket"]["port"], 8080, "a probe that named the port gets its number");
+        assert!(app.get("readinessProbe").is_none(), "readiness moved to outrider");
+        assert_eq!(app["lifecycle"]["preStop"]["exec"]["command"][1], "drain");
+        let init = t["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init.iter().map(|c| c["name"].as_str().unwrap()).collect::<Vec<_>>(), [INIT, SIDECAR]);
+        assert_eq!(init[1]["restartPolicy"], "Always");
+        assert_eq!(init[1]["ports"][0], json!({"name": "http", "containerPort": 15080, "protocol": "TCP"}));
+        assert_eq!(env(&t, "OUTRIDER_APP_HEALTH").as_deref(), Some("/ready"));
+        assert_eq!(env(&t, "OUTRIDER_APP_HEALTH_INTERVAL").as_deref(), Some("4s"));
+        assert_eq!(env(&t, "OUTRIDER_APP_HEALTH_FAILURES").as_deref(), Some("2"));
+        assert_eq!(env(&t, "OUTRIDER_UPSTREAM").as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 35);
+
+        let mut twice = t.clone();
+        inject_ok(&mut twice, &Options::default());
+        assert_eq!(twice, t, "inject is idempotent");
+        assert!(uninject(&mut t).unwrap());
+        assert_eq!(t, input, "uninject restores the template exactly, key order included");
+        assert!(!uninject(&mut t).unwrap(), "nothing left to take out");
+    }
+
+    #[test]
+    fn a_numbered_port_a_tcp_probe_and_a_short_grace_period() {
+        let input = json!({"spec": {
+            "terminationGracePeriodSeconds": 10,
+            "containers": [{"name": "db", "image": "db", "ports": [{"containerPort": 5000}],
+                            "readinessProbe": {"tcpSocket": {"port": 5000}}}],
+        }});
+        let mut t = input.clone();
+        let (notes, takeover) = inject_ok(&mut t, &Options { sidecar: Sidecar::Classic, ..Options::default() });
+        assert_eq!(takeover.app_port_name, None);
+        let sidecar = &t["spec"]["containers"][1];
+        assert_eq!(sidecar["name"], SIDECAR, "classic: after the app, which stays kubectl's default container");
+        assert!(sidecar.get("restartPolicy").is_none());
+        assert_eq!(sidecar["ports"][0]["name"], LISTEN_PORT_NAME);
+        assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 35);
+        assert!(notes.iter().any(|n| n.contains("terminationGracePeriodSeconds 10 -> 35")), "{notes:?}");
+        uninject(&mut t).unwrap();
+        assert_eq!(t, input);
+    }
+
+    #[test]
+    fn what_outrider_cannot_take_over_stays_on_the_app() {
+        let input = json!({"spec": {"containers": [{
+            "name": "app", "image": "app", "ports": [{"name": "web", "containerPort": 80}],
+            "readinessProbe": {"exec": {"command": ["check"]}},
+            "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}, "postStart": {"httpGet": {"port": "web", "path": "/warm"}}},
+        }]}});
+        let mut t = input.clone();
+        let (notes, _) = inject_ok(&mut t, &Options::default());
+        let app = &t["spec"]["containers"][0];
+        assert_eq!(app["readinessProbe"], input["spec"]["containers"][0]["readinessProbe"], "an exec probe stays");
+        assert_eq!(app["lifecycle"]["preStop"]["exec"]["command"][0], "sleep", "the app's own hook is kept");
+        assert_eq!(app["lifecycle"]["postStart"]["httpGet"]["port"], 80);
+        assert_eq!(env(&t, "OUTRIDER_APP_HEALTH").as_deref(), Some("tcp"));
+        assert!(notes.iter().any(|n| n.contains("already has a preStop hook")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("kept on the app")), "{notes:?}");
+        uninject(&mut t).unwrap();
+        assert_eq!(t, input);
+    }
+
+    #[test]
+    fn grpc_probes_become_grpc_checks() {
+        let mut t = json!({"spec": {"containers": [{"name": "g", "image": "g", "ports": [{"name": "grpc", "containerPort": 50051}],
+            "readinessProbe": {"grpc": {"port": 50051, "service": "echo"}}}]}});
+        inject_ok(&mut t, &Options::default());
+        assert_eq!(env(&t, "OUTRIDER_APP_HEALTH").as_deref(), Some("grpc:echo"));
+    }
+
+    #[test]
+    fn skips_say_why() {
+        let skip =
+            |t: &mut Value, kind: &str, opts: &Options| match inject(t, &Workload { kind, name: None, annotations: None }, opts).unwrap() {
+                Injected::Skipped { reason } => reason,
+                Injected::Done { .. } => panic!("injected"),
+            };
+        let mut t = deployment_template();
+        t["metadata"]["annotations"] = json!({"outrider.dev/inject": "disabled"});
+        assert!(skip(&mut t, "Deployment", &Options::default()).contains("disabled"));
+        let mut t = deployment_template();
+        t["spec"]["hostNetwork"] = json!(true);
+        assert!(skip(&mut t, "Deployment", &Options::default()).contains("hostNetwork"));
+        let mut t = deployment_template();
+        assert!(skip(&mut t, "Job", &Options { sidecar: Sidecar::Classic, ..Options::default() }).contains("forever"));
+        assert_eq!(t, deployment_template(), "a skipped template is left alone");
+    }
+
+    #[test]
+    fn errors_name_what_to_change() {
+        let err = |t: Value| inject(&mut t.clone(), &workload(), &Options::default()).unwrap_err().to_string();
+        let no_port = json!({"spec": {"containers": [{"name": "a", "image": "a"}]}});
+        assert!(err(no_port).contains("outrider.dev/upstream-port"));
+        let clash = json!({"spec": {"containers": [{"name": "a", "image": "a", "ports": [{"containerPort": 80}]},
+                                                   {"name": "b", "image": "b", "ports": [{"containerPort": 9901}]}]}});
+        assert!(err(clash).contains("outrider.dev/admin-port"));
+        let mut t = deployment_template();
+        t["metadata"]["annotations"] = json!({"outrider.dev/container": "nope"});
+        assert!(err(t).contains("no container named \"nope\""));
+        let mut t = deployment_template();
+        t["metadata"]["annotations"] = json!({"outrider.dev/upstream-port": "grpc"});
+        assert!(err(t).contains("no port named \"grpc\""));
+        let not_containers = json!({"spec": {"containers": "web"}});
+        assert!(err(not_containers).starts_with("spec.containers: "));
+    }
+
+    #[test]
+    fn a_reinject_with_a_new_image_changes_only_the_image() {
+        let mut a = deployment_template();
+        inject_ok(&mut a, &Options::default());
+        let mut b = a.clone();
+        inject_ok(&mut b, &Options { image: "registry.local/outrider:2".into(), ..Options::default() });
+        assert_eq!(b["spec"]["initContainers"][1]["image"], "registry.local/outrider:2");
+        b["spec"]["initContainers"][0]["image"] = a["spec"]["initContainers"][0]["image"].clone();
+        b["spec"]["initContainers"][1]["image"] = a["spec"]["initContainers"][1]["image"].clone();
+        assert_eq!(a, b);
+    }
+}

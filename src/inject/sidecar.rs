@@ -132,7 +132,6 @@ pub fn sidecar(plan: &Plan) -> Container {
         readiness_probe: Some(admin_probe("/readyz", 5, 2)),
         resources: Some(resources("10m", "32Mi", "500m", "64Mi")),
         security_context: Some(restricted()),
-        volume_mounts: Some(vec![VolumeMount { name: VOLUME.to_owned(), mount_path: MOUNT.to_owned(), ..VolumeMount::default() }]),
         ..Container::default()
     }
 }

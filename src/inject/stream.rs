@@ -62,7 +62,7 @@ pub fn run(input: &str, opts: &Options, mode: Mode) -> Result<Output, InjectErro
             let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
             let Some(at) = template_pointer(&kind) else { return Ok(()) };
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned);
-            let id = format!("{}/{} (document {number})", kind.to_lowercase(), name.as_deref().unwrap_or("?"));
+            let id = format!("{}/{}", kind.to_lowercase(), name.as_deref().unwrap_or("?"));
             let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
             let annotations = if at.is_empty() { None } else { obj.pointer("/metadata/annotations").and_then(Value::as_object).cloned() };
             let Some(template) = obj.pointer_mut(at) else {
@@ -297,5 +297,90 @@ fn restore_service(svc: &mut Value) {
         if a.is_empty() && record.contains_key("annotations") {
             meta.shift_remove("annotations");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "# leading comment\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - name: web\n          image: web:1\n          ports: [{name: http, containerPort: 8080}]\n";
+    const OTHER: &str = "---\n# kept as written\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}   # inline comment\ndata: {a: '1'}\n";
+
+    fn service(ns: &str, target: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  selector: {{app: web}}\n  ports:\n    - {{name: a, port: 80, targetPort: {target}}}\n    - {{name: b, port: 9090}}\n"
+        )
+    }
+
+    fn run_ok(input: &str, opts: &Options, mode: Mode) -> Output {
+        run(input, opts, mode).unwrap()
+    }
+
+    #[test]
+    fn other_documents_are_copied_byte_for_byte() {
+        let input = format!("{APP}{OTHER}");
+        let out = run_ok(&input, &Options::default(), Mode::Inject);
+        assert!(out.yaml.starts_with("# leading comment\n"), "{}", out.yaml);
+        assert!(out.yaml.ends_with(OTHER), "{}", out.yaml);
+        let none = "apiVersion: v1\nkind: ConfigMap  # c\nmetadata: {name: c}\n";
+        assert_eq!(run_ok(none, &Options::default(), Mode::Inject).yaml, none);
+    }
+
+    #[test]
+    fn services_move_by_name_and_number_and_come_back() {
+        for target in ["http", "8080"] {
+            let input = format!("{APP}{}", service("shop", target));
+            let out = run_ok(&input, &Options::default(), Mode::Inject);
+            let docs: Vec<Value> = out.yaml.split("\n---\n").map(|d| serde_yaml_ng::from_str(d).unwrap()).collect();
+            assert_eq!(docs[1].pointer("/spec/ports/0/targetPort"), Some(&json!(15080)), "{target}: {}", out.yaml);
+            assert_eq!(docs[1].pointer("/spec/ports/1").and_then(|p| p.get("targetPort")), None, "port b does not reach the app");
+            assert!(out.notes.iter().any(|n| n.starts_with("service/web: targetPort")), "{:?}", out.notes);
+            assert_eq!(run_ok(&out.yaml, &Options::default(), Mode::Inject).yaml, out.yaml, "idempotent");
+            let back = run_ok(&out.yaml, &Options::default(), Mode::Uninject).yaml;
+            let parse = |s: &str| s.split("\n---\n").map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap()).collect::<Vec<_>>();
+            assert_eq!(parse(&back), parse(&input), "{target}");
+        }
+    }
+
+    #[test]
+    fn classic_keeps_a_named_target_and_other_namespaces_are_left_alone() {
+        let classic = Options { sidecar: Sidecar::Classic, ..Options::default() };
+        let out = run_ok(&format!("{APP}{}", service("shop", "http")), &classic, Mode::Inject);
+        assert!(out.yaml.contains("targetPort: http"), "{}", out.yaml);
+        assert!(out.notes.iter().any(|n| n.contains("now reaches outrider (the port name moved to it)")), "{:?}", out.notes);
+        let elsewhere = service("other", "8080");
+        let out = run_ok(&format!("{APP}{elsewhere}"), &Options::default(), Mode::Inject);
+        assert!(out.yaml.ends_with(&elsewhere), "{}", out.yaml);
+        assert!(
+            out.notes.iter().any(|n| n.contains("no Service in the input selects these pods") && n.contains("on Kubernetes >= 1.33")),
+            "{:?}",
+            out.notes
+        );
+    }
+
+    #[test]
+    fn lists_and_cronjobs_are_found() {
+        let list = "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: batch/v1\n    kind: CronJob\n    metadata: {name: nightly}\n    spec:\n      schedule: '@daily'\n      jobTemplate:\n        spec:\n          template:\n            spec:\n              restartPolicy: OnFailure\n              containers: [{name: job, image: job, ports: [{containerPort: 80}]}]\n";
+        let out = run_ok(list, &Options::default(), Mode::Inject);
+        let v: Value = serde_yaml_ng::from_str(&out.yaml).unwrap();
+        let init = v.pointer("/items/0/spec/jobTemplate/spec/template/spec/initContainers").and_then(Value::as_array).unwrap();
+        assert_eq!(init.len(), 2, "{}", out.yaml);
+        assert!(out.notes[0].starts_with("cronjob/nightly: native sidecar"), "{:?}", out.notes);
+    }
+
+    #[test]
+    fn errors_name_the_document_and_the_workload() {
+        let bad = format!(
+            "{OTHER}---\n{}",
+            APP.replace("metadata:\n  name: web\n", "metadata:\n  name: web\n  annotations: {outrider.dev/listen-port: nope}\n")
+        );
+        let err = run(&bad, &Options::default(), Mode::Inject).unwrap_err().to_string();
+        assert!(
+            err.starts_with("document 2: deployment/web: annotation outrider.dev/listen-port: \"nope\": expected a port number"),
+            "{err}"
+        );
+        let err = run("kind: Deployment\nspec: [\n", &Options::default(), Mode::Inject).unwrap_err().to_string();
+        assert!(err.starts_with("document 1: (line 1) "), "{err}");
     }
 }
