@@ -348,18 +348,6 @@ fn replica_pod(deployment: &Value, name: &str) -> Value {
     })
 }
 
-fn without_service_name(pod: &Value) -> Value {
-    let mut pod = pod.clone();
-    for list in ["initContainers", "containers"] {
-        for c in pod[list].as_array_mut().into_iter().flatten() {
-            if let Some(env) = c["env"].as_array_mut() {
-                env.retain(|e| e["name"] != "OTEL_SERVICE_NAME");
-            }
-        }
-    }
-    pod
-}
-
 /// Every injected output, validated all together at the end.
 static OUTPUTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// The errors, shown at the end (what the generator made refusable).
@@ -426,13 +414,11 @@ fn check(spec: &DeploymentSpec) -> Result<(), TestCaseError> {
     let back = inject::stream(&out.yaml, &opts, Mode::Uninject).map_err(|e| TestCaseError::fail(format!("uninject: {e}")))?;
     prop_assert_eq!(documents(&back.yaml), vec![input.clone()], "uninject(inject(x)) != x");
 
-    // The pod the webhook sees for this Deployment gets the same spec
-    // (up to OTEL_SERVICE_NAME, which falls back to the pod's name: see
-    // webhook_pods_are_named_after_their_workload).
+    // The pod the webhook sees for this Deployment gets the same spec.
     let mut single = replica_pod(&input, &spec.name);
     let outcome = inject::pod(&mut single, &opts).map_err(|e| TestCaseError::fail(format!("inject::pod: {e}")))?;
     prop_assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
-    prop_assert_eq!(without_service_name(&single["spec"]), without_service_name(pod), "inject::pod and inject::stream disagree");
+    prop_assert_eq!(&single["spec"], pod, "inject::pod and inject::stream disagree");
 
     OUTPUTS.lock().unwrap().push(out.yaml);
     Ok(())
@@ -483,7 +469,6 @@ fn generated_deployments_are_valid() {
 /// OTEL_SERVICE_NAME must still be the workload's name, not one that changes
 /// with every rollout (the hash) or every pod.
 #[test]
-#[ignore = "defect: inject::pod names the service after generateName, pod-template-hash included"]
 fn webhook_pods_are_named_after_their_workload() {
     let (deployment, _) = build(&DeploymentSpec {
         name: "catalog".into(),

@@ -93,7 +93,7 @@ async fn injected_docs_example_serves_and_drains_in_a_pod() {
     // The app container's preStop hook, as the kubelet would run it: the
     // binary outrider-init installed in the shared volume.
     let app = format!("{pod}-catalog");
-    let hook = podman::podman_output(&["exec", &app, "/outrider/outrider", "drain", "--admin", "127.0.0.1:9901"]).await;
+    let hook = podman::podman_output(&["exec", &app, "/outrider-hook/outrider", "drain", "--admin", "127.0.0.1:9901"]).await;
     assert!(
         hook.status.success(),
         "the preStop drain failed ({}):\n{}{}",
