@@ -173,6 +173,7 @@ golden_tests! {
     golden_statefulset: "statefulset", false;
     golden_daemonset: "daemonset", false;
     golden_replicaset: "replicaset", false;
+    golden_replicationcontroller: "replicationcontroller", false;
     golden_job: "job", false;
     golden_cronjob: "cronjob", false;
     golden_pod: "pod", false;
@@ -409,7 +410,7 @@ fn daemonset_grpc_readiness_probe_becomes_a_grpc_health_check() {
 }
 
 #[test]
-fn job_cronjob_and_replicaset_are_injected_natively() {
+fn job_cronjob_replicaset_and_replicationcontroller_are_injected_natively() {
     let docs = injected_docs("job", false);
     check_pod(&doc(&docs, "Job", "catalog-import")["spec"]["template"]["spec"], "import", false, outrider::inject::DEFAULT_IMAGE);
     let docs = injected_docs("cronjob", false);
@@ -422,6 +423,12 @@ fn job_cronjob_and_replicaset_are_injected_natively() {
     assert_eq!(env_value(&outrider, "OUTRIDER_UPSTREAM").as_deref(), Some("http://127.0.0.1:80"));
     assert_eq!(named(&outrider["ports"], "web")["containerPort"], 15080);
     assert_eq!(env_value(&outrider, "OTEL_SERVICE_NAME").as_deref(), Some("frontend"));
+    let docs = injected_docs("replicationcontroller", false);
+    let spec = &doc(&docs, "ReplicationController", "guestbook")["spec"]["template"]["spec"];
+    let (outrider, _, _) = check_pod(spec, "php-redis", false, outrider::inject::DEFAULT_IMAGE);
+    assert_eq!(named(&outrider["ports"], "http-web")["containerPort"], 15080, "a name starting with http");
+    assert_eq!(app_health(&outrider), "/healthz.php");
+    assert_eq!(env_value(&outrider, "OUTRIDER_APP_HEALTH_FAILURES").as_deref(), Some("5"));
 }
 
 #[test]
