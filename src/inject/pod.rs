@@ -47,17 +47,22 @@ fn runs_to_completion(kind: &str) -> bool {
     matches!(kind, "Job" | "CronJob")
 }
 
-/// Is outrider in this pod (by the marks inject leaves)?
+/// Did inject put outrider in this pod? Its annotation says so.
 pub fn is_injected(template: &Value) -> bool {
-    let annotated =
-        template.pointer("/metadata/annotations").and_then(Value::as_object).is_some_and(|a| a.contains_key(annotation::INJECTED));
+    template.pointer("/metadata/annotations").and_then(Value::as_object).is_some_and(|a| a.contains_key(annotation::INJECTED))
+}
+
+/// A container of outrider's reserved names that inject did not add: a
+/// hand-written sidecar (deploy/kubernetes), which inject must not
+/// replace, nor uninject take out.
+fn hand_written(template: &Value) -> bool {
     let named = |list: &str| {
         template
             .pointer(&format!("/spec/{list}"))
             .and_then(Value::as_array)
             .is_some_and(|cs| cs.iter().any(|c| matches!(c.get("name").and_then(Value::as_str), Some(SIDECAR | INIT))))
     };
-    annotated || named("containers") || named("initContainers")
+    !is_injected(template) && (named("containers") || named("initContainers"))
 }
 
 /// Adds outrider to the pod template (first taking out an earlier
@@ -67,6 +72,11 @@ pub fn is_injected(template: &Value) -> bool {
 /// # Errors
 /// An annotation, the pod spec or the app's ports do not allow it.
 pub fn inject(template: &mut Value, workload: &Workload<'_>, opts: &Options) -> Result<Injected, InjectError> {
+    if hand_written(template) {
+        return Ok(Injected::Skipped {
+            reason: format!("it already has a container named {SIDECAR} that inject did not add: left as written"),
+        });
+    }
     let mut work = template.clone();
     uninject(&mut work)?;
     let settings = settings::read(&[workload.annotations, work.pointer("/metadata/annotations").and_then(Value::as_object)])?;
@@ -705,6 +715,12 @@ mod tests {
         let mut t = deployment_template();
         assert!(skip(&mut t, "Job", &Options { sidecar: Sidecar::Classic, ..Options::default() }).contains("forever"));
         assert_eq!(t, deployment_template(), "a skipped template is left alone");
+        let mut hand = deployment_template();
+        hand["spec"]["initContainers"] = json!([{"name": "outrider", "image": "mine", "restartPolicy": "Always"}]);
+        let before = hand.clone();
+        assert!(skip(&mut hand, "Deployment", &Options::default()).contains("inject did not add"));
+        assert!(!uninject(&mut hand).unwrap(), "uninject leaves a hand-written sidecar alone");
+        assert_eq!(hand, before);
     }
 
     #[test]
