@@ -47,17 +47,22 @@ fn runs_to_completion(kind: &str) -> bool {
     matches!(kind, "Job" | "CronJob")
 }
 
-/// Is outrider in this pod (by the marks inject leaves)?
+/// Did inject put outrider in this pod? Its annotation says so.
 pub fn is_injected(template: &Value) -> bool {
-    let annotated =
-        template.pointer("/metadata/annotations").and_then(Value::as_object).is_some_and(|a| a.contains_key(annotation::INJECTED));
+    template.pointer("/metadata/annotations").and_then(Value::as_object).is_some_and(|a| a.contains_key(annotation::INJECTED))
+}
+
+/// A container of outrider's reserved names that inject did not add: a
+/// hand-written sidecar (deploy/kubernetes), which inject must not
+/// replace, nor uninject take out.
+fn hand_written(template: &Value) -> bool {
     let named = |list: &str| {
         template
             .pointer(&format!("/spec/{list}"))
             .and_then(Value::as_array)
             .is_some_and(|cs| cs.iter().any(|c| matches!(c.get("name").and_then(Value::as_str), Some(SIDECAR | INIT))))
     };
-    annotated || named("containers") || named("initContainers")
+    !is_injected(template) && (named("containers") || named("initContainers"))
 }
 
 /// Adds outrider to the pod template (first taking out an earlier
@@ -67,6 +72,11 @@ pub fn is_injected(template: &Value) -> bool {
 /// # Errors
 /// An annotation, the pod spec or the app's ports do not allow it.
 pub fn inject(template: &mut Value, workload: &Workload<'_>, opts: &Options) -> Result<Injected, InjectError> {
+    if hand_written(template) {
+        return Ok(Injected::Skipped {
+            reason: format!("it already has a container named {SIDECAR} that inject did not add: left as written"),
+        });
+    }
     let mut work = template.clone();
     uninject(&mut work)?;
     let settings = settings::read(&[workload.annotations, work.pointer("/metadata/annotations").and_then(Value::as_object)])?;
@@ -95,6 +105,7 @@ fn edit(pod: &mut Value, workload: &Workload<'_>, settings: &Settings, opts: &Op
     let app_index = choose_app(&containers, settings, pod)?;
     let app = &containers[app_index];
     let (app_port, app_port_name) = upstream_port(app, settings)?;
+    refuse_tls(app, app_port, app_port_name.as_deref())?;
     check_ports(&containers, &init, settings, app_port)?;
 
     let mut original = Original { container: app.name.clone(), ..Original::default() };
@@ -376,8 +387,9 @@ fn upstream_port(app: &Container, settings: &Settings) -> Result<(u16, Option<St
         })?,
         None => {
             let tcp = || ports.iter().filter(|p| is_tcp(p));
-            let preferred = tcp().find(|p| p.name.as_deref().is_some_and(|n| n.starts_with("http") || n.starts_with("grpc") || n == "web"));
-            preferred.or_else(|| tcp().next()).ok_or_else(|| {
+            let preferred = tcp().find(|p| p.name.as_deref().is_some_and(plaintext_name));
+            let not_tls = || tcp().find(|p| !p.name.as_deref().is_some_and(|n| n.starts_with("https")));
+            preferred.or_else(not_tls).or_else(|| tcp().next()).ok_or_else(|| {
                 InjectError::Pod(format!(
                     "container {} declares no TCP port: set {} to the port the app serves on",
                     app.name,
@@ -387,6 +399,35 @@ fn upstream_port(app: &Container, settings: &Settings) -> Result<(u16, Option<St
         }
     };
     Ok((number(chosen)?, chosen.name.clone()))
+}
+
+/// A port name that says HTTP, h2c or gRPC in plaintext.
+fn plaintext_name(n: &str) -> bool {
+    matches!(n, "http" | "grpc" | "web" | "h2c" | "http2") || n.starts_with("http-") || n.starts_with("grpc-")
+}
+
+/// outrider speaks plaintext to the app on loopback: an app port that
+/// serves TLS (its name says so, or a probe of it uses HTTPS) would get
+/// plaintext requests and break, so it is refused with what to do instead.
+fn refuse_tls(app: &Container, port: u16, name: Option<&str>) -> Result<(), InjectError> {
+    let ours = |p: &IntOrString| match p {
+        IntOrString::Int(n) => *n == i32::from(port),
+        IntOrString::String(s) => Some(s.as_str()) == name,
+    };
+    let probes = [&app.readiness_probe, &app.liveness_probe, &app.startup_probe];
+    let https_probe =
+        probes.into_iter().flatten().filter_map(|p| p.http_get.as_ref()).any(|g| ours(&g.port) && g.scheme.as_deref() == Some("HTTPS"));
+    let https_name = name.is_some_and(|n| n.starts_with("https"));
+    if https_probe || https_name {
+        return Err(InjectError::Pod(format!(
+            "container {} serves TLS on port {port} ({}), and outrider speaks plaintext to the app: set {} to a plaintext port, or {}: disabled",
+            app.name,
+            if https_probe { "its probe's scheme is HTTPS" } else { "its port name says https" },
+            annotation::UPSTREAM_PORT,
+            annotation::INJECT
+        )));
+    }
+    Ok(())
 }
 
 /// outrider's two ports must be free in the whole pod.
@@ -641,6 +682,16 @@ mod tests {
     }
 
     #[test]
+    fn a_plaintext_port_is_preferred_to_a_tls_one() {
+        let mut t = json!({"spec": {"containers": [{"name": "a", "image": "a",
+            "ports": [{"name": "https", "containerPort": 8443}, {"name": "metrics", "containerPort": 9090}, {"name": "http", "containerPort": 8080}]}]}});
+        assert_eq!(inject_ok(&mut t, &Options::default()).1.app_port, 8080);
+        let mut t = json!({"spec": {"containers": [{"name": "a", "image": "a",
+            "ports": [{"name": "https", "containerPort": 8443}, {"name": "admin", "containerPort": 9000}]}]}});
+        assert_eq!(inject_ok(&mut t, &Options::default()).1.app_port, 9000);
+    }
+
+    #[test]
     fn grpc_probes_become_grpc_checks() {
         let mut t = json!({"spec": {"containers": [{"name": "g", "image": "g", "ports": [{"name": "grpc", "containerPort": 50051}],
             "readinessProbe": {"grpc": {"port": 50051, "service": "echo"}}}]}});
@@ -664,6 +715,12 @@ mod tests {
         let mut t = deployment_template();
         assert!(skip(&mut t, "Job", &Options { sidecar: Sidecar::Classic, ..Options::default() }).contains("forever"));
         assert_eq!(t, deployment_template(), "a skipped template is left alone");
+        let mut hand = deployment_template();
+        hand["spec"]["initContainers"] = json!([{"name": "outrider", "image": "mine", "restartPolicy": "Always"}]);
+        let before = hand.clone();
+        assert!(skip(&mut hand, "Deployment", &Options::default()).contains("inject did not add"));
+        assert!(!uninject(&mut hand).unwrap(), "uninject leaves a hand-written sidecar alone");
+        assert_eq!(hand, before);
     }
 
     #[test]
@@ -680,6 +737,11 @@ mod tests {
         let mut t = deployment_template();
         t["metadata"]["annotations"] = json!({"outrider.dev/upstream-port": "grpc"});
         assert!(err(t).contains("no port named \"grpc\""));
+        let tls = json!({"spec": {"containers": [{"name": "s", "image": "s", "ports": [{"name": "https", "containerPort": 8443}]}]}});
+        assert!(err(tls).contains("serves TLS on port 8443 (its port name says https)"));
+        let tls = json!({"spec": {"containers": [{"name": "s", "image": "s", "ports": [{"containerPort": 8443}],
+            "livenessProbe": {"httpGet": {"port": 8443, "scheme": "HTTPS"}}}]}});
+        assert!(err(tls).contains("its probe's scheme is HTTPS"));
         let not_containers = json!({"spec": {"containers": "web"}});
         assert!(err(not_containers).starts_with("spec.containers: "));
     }

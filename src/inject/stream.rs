@@ -260,6 +260,13 @@ fn move_service(svc: &mut Value, namespace: Option<&str>, t: &Takeover, opts: &O
         port.insert("targetPort".to_owned(), json!(t.listen_port));
         notes.push(format!("service/{name}: targetPort {target} -> {}", t.listen_port));
     }
+    let headless = svc.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+    if headless && !notes.is_empty() {
+        notes.push(format!(
+            "service/{name} is headless (clusterIP: None): a client that resolves it to pod IPs dials the port it knows, so one that dials {} still reaches the app directly: point it at {}",
+            t.app_port, t.listen_port
+        ));
+    }
     if !moved.is_empty()
         && let Some(meta) = svc.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| json!({}))).and_then(Value::as_object_mut)
     {
@@ -357,6 +364,14 @@ mod tests {
             "{:?}",
             out.notes
         );
+    }
+
+    #[test]
+    fn a_headless_service_gets_a_note() {
+        let headless = service("shop", "8080").replace("spec:\n", "spec:\n  clusterIP: None\n");
+        let out = run_ok(&format!("{APP}{headless}"), &Options::default(), Mode::Inject);
+        assert!(out.yaml.contains("targetPort: 15080"), "{}", out.yaml);
+        assert!(out.notes.iter().any(|n| n.starts_with("service/web is headless") && n.contains("dials 8080")), "{:?}", out.notes);
     }
 
     #[test]
