@@ -690,7 +690,7 @@ fn uninject_of_a_workload_never_injected_changes_nothing() {
     }
 }
 
-// ===== known defects of the inject core (ignored until fixed; run with --ignored) =====
+// ===== cases found reviewing the golden outputs (an ignored one is a known defect of the core; run with --ignored) =====
 
 /// An app that serves TLS on its port (port `https`, probe scheme HTTPS):
 /// outrider would forward plaintext HTTP to it (`http://127.0.0.1:8443`)
@@ -698,7 +698,6 @@ fn uninject_of_a_workload_never_injected_changes_nothing() {
 /// inject must refuse it (one line naming the workload and the
 /// annotation to set) or skip it with a note, never inject it.
 #[test]
-#[ignore = "defect: a TLS app is injected with a plaintext upstream"]
 fn a_tls_app_is_not_injected_with_a_plaintext_upstream() {
     let input = "\
 apiVersion: apps/v1
@@ -765,7 +764,6 @@ spec:
 /// (the Service's `port`, 8080 here), so moving its targetPort to 15080
 /// does not move them to outrider. The notes must say so.
 #[test]
-#[ignore = "defect: a headless Service's targetPort is moved without a warning"]
 fn a_headless_service_gets_a_warning() {
     let input = std::fs::read_to_string(fixture("statefulset")).unwrap()
         + "---
