@@ -140,6 +140,8 @@ settings! {
     pub app_health_failures: u32 = "3", number(1, 1000);
     /// Consecutive successes before an unhealthy app is declared healthy.
     pub app_health_successes: u32 = "1", number(1, 1000);
+    /// Time one active check may take (connect included; never less than `OUTRIDER_UPSTREAM_CONNECT_TIMEOUT`) before it counts as a failure. `outrider inject` sets it from the app's readiness probe's `timeoutSeconds`.
+    pub app_health_timeout: Duration = "1s", duration(NONZERO, Duration::from_secs(300));
     /// Requests held at once while the app refuses connections (starting, restarting); beyond that, 503 with `Retry-After`. `0` disables holding: 502 at once.
     buffer_max: usize = "1024", number(0, 1 << 20);
     /// How long a request is held waiting for the app before 503 with `Retry-After`; after one such timeout, requests fail fast until the app is healthy again. Nothing is held once the drain has started. `0` disables holding.

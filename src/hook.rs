@@ -28,6 +28,10 @@ struct Drain {
     /// pod's grace period.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// The app's own preStop command, run once the drain is over (or has
+    /// failed): `outrider drain -- nginx -s quit`. Its exit status is ours.
+    #[arg(last = true, value_name = "COMMAND")]
+    then: Vec<String>,
 }
 
 /// `outrider install-hook DIR`: copy this executable to DIR/outrider.
@@ -73,6 +77,22 @@ pub fn drain(args: impl Iterator<Item = String>) -> ExitCode {
         })
         .await
     });
+    let drained = report(outcome, addr, cli.timeout);
+    match cli.then.split_first() {
+        None => drained,
+        Some((program, args)) => match std::process::Command::new(program).args(args).status() {
+            Ok(status) => status.code().and_then(|c| u8::try_from(c).ok()).map_or(ExitCode::FAILURE, ExitCode::from),
+            Err(e) => {
+                eprintln!("outrider drain: cannot run {program}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Says how the drain went, on stderr (the kubelet keeps a failed hook's
+/// output in the pod's events).
+fn report(outcome: Result<Result<StatusCode, String>, tokio::time::error::Elapsed>, addr: SocketAddr, timeout: Duration) -> ExitCode {
     match outcome {
         Ok(Ok(StatusCode::OK)) => {
             eprintln!("outrider drain: drained");
@@ -87,7 +107,7 @@ pub fn drain(args: impl Iterator<Item = String>) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!("outrider drain: not drained after {}", humantime::format_duration(cli.timeout));
+            eprintln!("outrider drain: not drained after {}", humantime::format_duration(timeout));
             ExitCode::FAILURE
         }
     }

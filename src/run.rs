@@ -202,7 +202,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, StartError
                 interval: config.app_health_interval,
                 failures: config.app_health_failures,
                 successes: config.app_health_successes,
-                timeout: config.upstream_connect_timeout.max(std::time::Duration::from_secs(1)),
+                timeout: config.app_health_timeout.max(config.upstream_connect_timeout),
             },
         ),
     );

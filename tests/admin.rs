@@ -212,6 +212,16 @@ async fn the_injected_pre_stop_hook_drains_over_loopback() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("outrider drain: cannot reach outrider's admin listener") && stderr.lines().count() == 1, "{stderr}");
 
+    // The app's own preStop command, chained after the drain, runs even
+    // when the drain could not be asked for, and its status is the hook's.
+    let out = tokio::process::Command::new(&hook)
+        .args(["drain", "--admin", &refused.to_string(), "--", "sh", "-c", "echo flushed >&2; exit 7"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).ends_with("flushed\n"));
+
     let app = App::start().await;
     let proxy = start(&app, Some(TOKEN)).await;
     let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, proxy.admin.port()));

@@ -442,7 +442,7 @@ fn jobs_are_skipped_in_classic_mode_with_a_note() {
 }
 
 #[test]
-fn pod_keeps_its_own_pre_stop_hook_and_says_so() {
+fn pod_runs_its_own_pre_stop_command_after_the_drain_and_says_so() {
     for classic in [false, true] {
         let path = fixture("pod");
         let mut args = vec!["inject", "-f", path.to_str().unwrap()];
@@ -451,9 +451,13 @@ fn pod_keeps_its_own_pre_stop_hook_and_says_so() {
         let docs = documents(&run.stdout);
         let spec = &doc(&docs, "Pod", "legacy-billing")["spec"];
         let (outrider, _, app) = check_pod(spec, "billing", classic, outrider::inject::DEFAULT_IMAGE);
-        assert_eq!(app["lifecycle"]["preStop"]["exec"]["command"], json!(["/usr/local/bin/billing", "flush-queue"]));
+        assert_eq!(
+            app["lifecycle"]["preStop"]["exec"]["command"],
+            json!(["/outrider-hook/outrider", "drain", "--admin", "127.0.0.1:9901", "--", "/usr/local/bin/billing", "flush-queue"]),
+            "the app's own command runs once outrider has drained"
+        );
         assert_eq!(app_health(&outrider), "tcp", "no readiness probe: outrider checks the port");
-        assert!(run.stderr.contains("preStop"), "a note must say the app's own preStop is kept:\n{}", run.stderr);
+        assert!(run.stderr.contains("preStop command now runs once outrider has drained"), "a note must say so:\n{}", run.stderr);
         assert_eq!(grace(spec), 35);
     }
 }
@@ -726,12 +730,11 @@ spec:
 }
 
 /// A readiness probe with `httpHeaders` (a virtual host's Host header) or
-/// a longer `timeoutSeconds` than outrider's 1 s check: outrider's check
-/// of the path would send neither, and fail where the kubelet's probe
-/// passed, so the pod would never be Ready. Until outrider's check can
-/// carry them, the probe must stay on the app.
+/// a `host`: outrider's check of the path would send neither, and fail
+/// where the kubelet's probe passed, so the pod would never be Ready. The
+/// probe stays on the app. (Its `timeoutSeconds` alone would move, as
+/// `OUTRIDER_APP_HEALTH_TIMEOUT`.)
 #[test]
-#[ignore = "defect: a readiness probe's httpHeaders and timeoutSeconds are dropped"]
 fn a_readiness_probe_outrider_cannot_reproduce_stays_on_the_app() {
     for extra in ["httpHeaders: [{name: Host, value: shop.example.com}]", "host: 127.0.0.1"] {
         let input = format!(
@@ -796,7 +799,6 @@ fn an_error_names_its_document_once() {
 /// reaches the app directly, past outrider. inject must move the hostPort
 /// to outrider's port, or at least say so.
 #[test]
-#[ignore = "defect: a hostPort on the app's port silently bypasses outrider"]
 fn a_host_port_is_moved_to_outrider_or_named_in_the_notes() {
     let input = "\
 apiVersion: apps/v1

@@ -28,6 +28,13 @@ pub struct Original {
     /// inject added the app's `lifecycle.preStop`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub pre_stop: bool,
+    /// The app's own exec `preStop`, which inject wrapped to run after the
+    /// drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_pre_stop: Option<Value>,
+    /// The `hostPort` the app's port had, now on outrider's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<HostPort>,
     /// Keys inject created, to remove again when they are empty:
     /// `lifecycle`, `volumeMounts` (app container), `initContainers`,
     /// `volumes` (pod), `annotations` (pod metadata).
@@ -45,6 +52,14 @@ pub struct Original {
 pub struct PortName {
     pub port: i32,
     pub name: String,
+}
+
+/// A port's number and the `hostPort` it had.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostPort {
+    pub port: i32,
+    pub host_port: Value,
 }
 
 /// The grace period inject replaced.
@@ -93,6 +108,8 @@ mod tests {
             handler_ports: BTreeMap::from([("livenessProbe.httpGet".into(), json!("http"))]),
             readiness_probe: Some(json!({"httpGet": {"path": "/ready", "port": "http"}})),
             pre_stop: true,
+            wrapped_pre_stop: None,
+            host_port: None,
             created: vec!["lifecycle".into()],
             grace: Some(Grace { was: None }),
         };

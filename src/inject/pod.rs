@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     options::{ADMIN_PORT_NAME, INIT, InjectError, LISTEN_PORT_NAME, Options, SIDECAR, Sidecar, VOLUME, annotation},
-    original::{Grace, Original, PortName},
+    original::{Grace, HostPort, Original, PortName},
     settings::{self, PortRef, Settings},
     sidecar::{self, Plan},
 };
@@ -118,6 +118,21 @@ fn edit(pod: &mut Value, workload: &Workload<'_>, settings: &Settings, opts: &Op
     // As written: a moved probe is restored with its port name.
     let readiness_as_written = app_json.get("readinessProbe").cloned();
 
+    // A hostPort on the app's port (node-IP:port) moves with the traffic.
+    let mut host_port = None;
+    for port in app_json.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        if port.get("containerPort").and_then(Value::as_i64) == Some(i64::from(app_port))
+            && let Some(p) = port.as_object_mut()
+            && let Some(hp) = p.shift_remove("hostPort")
+        {
+            host_port = hp.as_i64().and_then(|h| i32::try_from(h).ok());
+            original.host_port = Some(HostPort { port: i32::from(app_port), host_port: hp });
+        }
+    }
+    if let Some(hp) = host_port {
+        notes.push(format!("hostPort {hp} moved to outrider's port"));
+    }
+
     // The port keeps its number and gives its name to outrider's port, so
     // a Service targeting the name reaches outrider.
     if let Some(name) = &app_port_name {
@@ -151,15 +166,26 @@ fn edit(pod: &mut Value, workload: &Workload<'_>, settings: &Settings, opts: &Op
         original.handler_ports.retain(|k, _| !k.starts_with("readinessProbe."));
     }
 
-    // The drain hook.
+    // The drain hook. An app's own exec hook runs after the drain; any
+    // other kind of hook cannot be chained, and is kept.
+    let own_exec = app_json.get("lifecycle").and_then(|l| l.get("preStop")).and_then(|h| {
+        let only_exec = h.as_object().is_some_and(|h| h.len() == 1);
+        let command: Option<Vec<String>> = h.pointer("/exec/command").and_then(|c| serde_json::from_value(c.clone()).ok());
+        command.filter(|c| only_exec && !c.is_empty())
+    });
     match app_json.get_mut("lifecycle").and_then(Value::as_object_mut) {
-        Some(lifecycle) if lifecycle.contains_key("preStop") => notes.push(format!(
-            "container {} already has a preStop hook, kept: the drain does not hold the app; add `{} drain` to it (see docs/kubernetes.md)",
-            app.name,
-            sidecar::pre_stop(settings.admin_port).exec.and_then(|e| e.command).and_then(|c| c.into_iter().next()).unwrap_or_default()
-        )),
+        Some(lifecycle) if lifecycle.contains_key("preStop") => match own_exec {
+            Some(command) => {
+                original.wrapped_pre_stop = lifecycle.insert("preStop".to_owned(), to_json(&sidecar::pre_stop(settings.admin_port, &command)));
+                notes.push(format!("container {}: its own preStop command now runs once outrider has drained", app.name));
+            }
+            None => notes.push(format!(
+                "container {} already has a preStop hook that is not a command, kept: the drain does not hold the app (see docs/kubernetes.md)",
+                app.name
+            )),
+        },
         Some(lifecycle) => {
-            lifecycle.insert("preStop".to_owned(), to_json(&sidecar::pre_stop(settings.admin_port)));
+            lifecycle.insert("preStop".to_owned(), to_json(&sidecar::pre_stop(settings.admin_port, &[])));
             original.pre_stop = true;
         }
         None => {
@@ -168,6 +194,7 @@ fn edit(pod: &mut Value, workload: &Workload<'_>, settings: &Settings, opts: &Op
             original.created.push("lifecycle".to_owned());
         }
     }
+
     if !app_json.contains_key("volumeMounts") {
         original.created.push("volumeMounts".to_owned());
     }
@@ -178,6 +205,7 @@ fn edit(pod: &mut Value, workload: &Workload<'_>, settings: &Settings, opts: &Op
         mode: opts.sidecar,
         listen_port: settings.listen_port,
         listen_port_name,
+        host_port,
         admin_port: settings.admin_port,
         upstream_port: app_port,
         health,
@@ -308,12 +336,14 @@ pub fn uninject(pod: &mut Value) -> Result<bool, InjectError> {
 
 fn restore_app(app: &mut Map<String, Value>, original: &Original) {
     remove_named(app, "volumeMounts", &[VOLUME], original.created("volumeMounts"));
-    if original.pre_stop
-        && let Some(lifecycle) = app.get_mut("lifecycle").and_then(Value::as_object_mut)
-    {
-        lifecycle.shift_remove("preStop");
-        if lifecycle.is_empty() && original.created("lifecycle") {
-            app.shift_remove("lifecycle");
+    if let Some(lifecycle) = app.get_mut("lifecycle").and_then(Value::as_object_mut) {
+        if let Some(hook) = &original.wrapped_pre_stop {
+            lifecycle.insert("preStop".to_owned(), hook.clone());
+        } else if original.pre_stop {
+            lifecycle.shift_remove("preStop");
+            if lifecycle.is_empty() && original.created("lifecycle") {
+                app.shift_remove("lifecycle");
+            }
         }
     }
     if let Some(probe) = &original.readiness_probe {
@@ -322,6 +352,14 @@ fn restore_app(app: &mut Map<String, Value>, original: &Original) {
     for (place, port) in &original.handler_ports {
         if let Some(slot) = pointer_mut(app, &format!("/{}/port", place.replace('.', "/"))) {
             *slot = port.clone();
+        }
+    }
+    if let Some(HostPort { port, host_port }) = &original.host_port {
+        let ports = app.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten();
+        if let Some(p) =
+            ports.filter(|p| p.get("containerPort").and_then(Value::as_i64) == Some(i64::from(*port))).find_map(Value::as_object_mut)
+        {
+            p.insert("hostPort".to_owned(), host_port.clone());
         }
     }
     if let Some(PortName { port, name }) = &original.port_name {
@@ -463,31 +501,33 @@ fn inherit_readiness(probe: Option<&Probe>, port: u16, name: Option<&str>, notes
     let Some(probe) = probe else {
         return (vec![("OUTRIDER_APP_HEALTH", "tcp".to_owned())], false);
     };
+    // outrider's check sends no custom header, and waits at most 5 min: a
+    // probe that needs more stays on the app.
+    let within_reach = probe.timeout_seconds.unwrap_or(1) <= 300;
     let check = if let Some(get) = &probe.http_get {
-        if !ours(&get.port) || get.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
-            None
-        } else {
-            if get.http_headers.as_ref().is_some_and(|h| !h.is_empty()) || get.host.is_some() {
-                notes.push("the app's readiness probe sends headers or a host, which outrider's health check does not".to_owned());
-            }
-            let path = get.path.as_deref().filter(|p| p.starts_with('/')).unwrap_or("/");
-            Some(path.to_owned())
-        }
+        let https = get.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
+        let headers = get.http_headers.as_ref().is_some_and(|h| !h.is_empty()) || get.host.is_some();
+        (ours(&get.port) && !https && !headers && within_reach)
+            .then(|| get.path.as_deref().filter(|p| p.starts_with('/')).unwrap_or("/").to_owned())
     } else if let Some(tcp) = &probe.tcp_socket {
         ours(&tcp.port).then(|| "tcp".to_owned())
     } else if let Some(grpc) = &probe.grpc {
-        (grpc.port == i32::from(port))
+        (grpc.port == i32::from(port) && within_reach)
             .then(|| grpc.service.as_deref().filter(|s| !s.is_empty()).map_or_else(|| "grpc".to_owned(), |s| format!("grpc:{s}")))
     } else {
         None
     };
     let Some(check) = check else {
-        notes.push("the app's readiness probe is not one outrider can run (exec, another port, or HTTPS): kept on the app; outrider checks that the port accepts".to_owned());
+        notes.push(
+            "the app's readiness probe is not one outrider can run (exec, another port, HTTPS, or custom headers): kept on the app; outrider checks that the port accepts"
+                .to_owned(),
+        );
         return (vec![("OUTRIDER_APP_HEALTH", "tcp".to_owned())], false);
     };
     let period = probe.period_seconds.unwrap_or(10).max(1);
     let failures = probe.failure_threshold.unwrap_or(3).clamp(1, 1000);
     let successes = probe.success_threshold.unwrap_or(1).clamp(1, 1000);
+    let timeout = probe.timeout_seconds.unwrap_or(1).max(1);
     notes.push(format!("readiness: the app's probe moved to outrider (OUTRIDER_APP_HEALTH={check}, every {period}s, {failures} failures)"));
     (
         vec![
@@ -495,6 +535,7 @@ fn inherit_readiness(probe: Option<&Probe>, port: u16, name: Option<&str>, notes
             ("OUTRIDER_APP_HEALTH_INTERVAL", format!("{period}s")),
             ("OUTRIDER_APP_HEALTH_FAILURES", failures.to_string()),
             ("OUTRIDER_APP_HEALTH_SUCCESSES", successes.to_string()),
+            ("OUTRIDER_APP_HEALTH_TIMEOUT", format!("{timeout}s")),
         ],
         true,
     )
@@ -672,10 +713,14 @@ mod tests {
         let (notes, _) = inject_ok(&mut t, &Options::default());
         let app = &t["spec"]["containers"][0];
         assert_eq!(app["readinessProbe"], input["spec"]["containers"][0]["readinessProbe"], "an exec probe stays");
-        assert_eq!(app["lifecycle"]["preStop"]["exec"]["command"][0], "sleep", "the app's own hook is kept");
+        assert_eq!(
+            app["lifecycle"]["preStop"]["exec"]["command"],
+            json!(["/outrider-hook/outrider", "drain", "--admin", "127.0.0.1:9901", "--", "sleep", "5"]),
+            "the app's own hook runs after the drain"
+        );
         assert_eq!(app["lifecycle"]["postStart"]["httpGet"]["port"], 80);
         assert_eq!(env(&t, "OUTRIDER_APP_HEALTH").as_deref(), Some("tcp"));
-        assert!(notes.iter().any(|n| n.contains("already has a preStop hook")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("now runs once outrider has drained")), "{notes:?}");
         assert!(notes.iter().any(|n| n.contains("kept on the app")), "{notes:?}");
         uninject(&mut t).unwrap();
         assert_eq!(t, input);

@@ -30,6 +30,8 @@ pub struct Plan {
     pub listen_port: u16,
     /// The name the public port takes over from the app's port.
     pub listen_port_name: String,
+    /// The app port's `hostPort`, moved to outrider's port.
+    pub host_port: Option<i32>,
     pub admin_port: u16,
     pub upstream_port: u16,
     /// `OUTRIDER_APP_HEALTH*` inherited from the app's readiness probe.
@@ -52,7 +54,7 @@ pub fn init_container(plan: &Plan) -> Container {
         image_pull_policy: Some("IfNotPresent".to_owned()),
         args: Some(vec!["install-hook".to_owned(), MOUNT.to_owned()]),
         volume_mounts: Some(vec![VolumeMount { name: VOLUME.to_owned(), mount_path: MOUNT.to_owned(), ..VolumeMount::default() }]),
-        resources: Some(resources("10m", "16Mi", "100m", "32Mi")),
+        resources: Some(resources("10m", "16Mi", Some("100m"), "32Mi")),
         security_context: Some(restricted()),
         ..Container::default()
     }
@@ -60,9 +62,10 @@ pub fn init_container(plan: &Plan) -> Container {
 
 /// The sidecar.
 pub fn sidecar(plan: &Plan) -> Container {
-    let port = |name: &str, n: u16| ContainerPort {
+    let port = |name: &str, n: u16, host_port: Option<i32>| ContainerPort {
         name: Some(name.to_owned()),
         container_port: i32::from(n),
+        host_port,
         protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
     };
@@ -120,17 +123,21 @@ pub fn sidecar(plan: &Plan) -> Container {
         image: Some(plan.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         restart_policy: (plan.mode == Sidecar::Native).then(|| "Always".to_owned()),
-        ports: Some(vec![port(&plan.listen_port_name, plan.listen_port), port(ADMIN_PORT_NAME, plan.admin_port)]),
+        ports: Some(vec![port(&plan.listen_port_name, plan.listen_port, plan.host_port), port(ADMIN_PORT_NAME, plan.admin_port, None)]),
         env: Some(env),
         // Started once the admin listener answers. Not /startupz: a native
         // sidecar's startup probe holds back the app container, and
         // /startupz waits for the app, so the pod would never start.
         startup_probe: Some(admin_probe("/livez", 1, 30)),
         liveness_probe: Some(admin_probe("/livez", 10, 3)),
-        // The app's health (with the app probe's thresholds) and the drain,
-        // already debounced inside outrider: two misses are enough here.
-        readiness_probe: Some(admin_probe("/readyz", 5, 2)),
-        resources: Some(resources("10m", "32Mi", "500m", "64Mi")),
+        // The app's health, already checked with the app probe's period
+        // and thresholds inside outrider, and the drain: probed often, so
+        // the kubelet adds little to the app probe's own delay (at most 4 s).
+        readiness_probe: Some(admin_probe("/readyz", 2, 2)),
+        // No CPU limit: a throttled proxy adds latency to every request of
+        // a busy app. The memory limit leaves room for 10 000 connections
+        // (54 MiB measured, docs/performance.md) and held requests.
+        resources: Some(resources("10m", "32Mi", None, "128Mi")),
         security_context: Some(restricted()),
         ..Container::default()
     }
@@ -140,18 +147,19 @@ pub fn sidecar(plan: &Plan) -> Container {
 /// so from loopback, which /drain trusts without a token. It holds the app
 /// until outrider has drained (readiness failed, endpoints propagated,
 /// in-flight requests done); only then does the kubelet send SIGTERM.
-pub fn pre_stop(admin_port: u16) -> LifecycleHandler {
-    LifecycleHandler {
-        exec: Some(ExecAction {
-            command: Some(vec![format!("{MOUNT}/outrider"), "drain".to_owned(), "--admin".to_owned(), format!("127.0.0.1:{admin_port}")]),
-        }),
-        ..LifecycleHandler::default()
+/// `then`: the app's own exec hook, run once the drain is over.
+pub fn pre_stop(admin_port: u16, then: &[String]) -> LifecycleHandler {
+    let mut command = vec![format!("{MOUNT}/outrider"), "drain".to_owned(), "--admin".to_owned(), format!("127.0.0.1:{admin_port}")];
+    if !then.is_empty() {
+        command.push("--".to_owned());
+        command.extend_from_slice(then);
     }
+    LifecycleHandler { exec: Some(ExecAction { command: Some(command) }), ..LifecycleHandler::default() }
 }
 
 /// An empty `lifecycle` for an app container that had none.
 pub fn lifecycle(admin_port: u16) -> Lifecycle {
-    Lifecycle { pre_stop: Some(pre_stop(admin_port)), ..Lifecycle::default() }
+    Lifecycle { pre_stop: Some(pre_stop(admin_port, &[])), ..Lifecycle::default() }
 }
 
 /// The app container's read-only view of the binary.
@@ -172,11 +180,19 @@ fn value(name: &str, value: String) -> EnvVar {
     EnvVar { name: name.to_owned(), value: Some(value), ..EnvVar::default() }
 }
 
-fn resources(cpu: &str, memory: &str, cpu_limit: &str, memory_limit: &str) -> ResourceRequirements {
-    let q = |cpu: &str, memory: &str| {
-        BTreeMap::from([("cpu".to_owned(), Quantity(cpu.to_owned())), ("memory".to_owned(), Quantity(memory.to_owned()))])
+fn resources(cpu: &str, memory: &str, cpu_limit: Option<&str>, memory_limit: &str) -> ResourceRequirements {
+    let q = |cpu: Option<&str>, memory: &str| {
+        let mut q = BTreeMap::from([("memory".to_owned(), Quantity(memory.to_owned()))]);
+        if let Some(cpu) = cpu {
+            q.insert("cpu".to_owned(), Quantity(cpu.to_owned()));
+        }
+        q
     };
-    ResourceRequirements { requests: Some(q(cpu, memory)), limits: Some(q(cpu_limit, memory_limit)), ..ResourceRequirements::default() }
+    ResourceRequirements {
+        requests: Some(q(Some(cpu), memory)),
+        limits: Some(q(cpu_limit, memory_limit)),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// The Pod Security Standards' "restricted" profile: outrider needs no

@@ -136,7 +136,8 @@ fn parse(doc: &Doc<'_>, number: usize) -> Result<Option<Value>, InjectError> {
     if body.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "...") {
         return Ok(None);
     }
-    let fail = |e: &dyn std::fmt::Display| InjectError::Document { document: number, reason: format!("(line {}) {e}", doc.line) };
+    let fail =
+        |e: &dyn std::fmt::Display| InjectError::Document { document: number, reason: format!("(which starts at line {}) {e}", doc.line) };
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(body).map_err(|e| fail(&e))?;
     let kind = yaml.get("kind").and_then(serde_yaml_ng::Value::as_str).unwrap_or_default();
     if template_pointer(kind).is_none() && kind != "Service" && !is_list(kind) {
@@ -396,6 +397,6 @@ mod tests {
             "{err}"
         );
         let err = run("kind: Deployment\nspec: [\n", &Options::default(), Mode::Inject).unwrap_err().to_string();
-        assert!(err.starts_with("document 1: (line 1) "), "{err}");
+        assert!(err.starts_with("document 1: (which starts at line 1) "), "{err}");
     }
 }
