@@ -29,6 +29,10 @@
 //!   injects pods as they are created.
 //! * `gate`: a future polled only when it woke its task, for the branches
 //!   of a connection's `select!` that almost never fire.
+//! * `inject`: `outrider inject`, adding outrider to Kubernetes manifests
+//!   (and taking it out); its pod edit is the webhook's too.
+//! * `hook`: `install-hook` and `drain`, run inside an injected pod.
+//! * `webhook`: `outrider webhook`, the mutating admission webhook.
 //!
 //! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
 //! parameters and know nothing of `config` or the shutdown sequence; `run` wires.
