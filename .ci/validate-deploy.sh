@@ -8,7 +8,8 @@
 #   * structural checks in Python for what has no bundled schema (the
 #     ServiceMonitor and cert-manager CRDs, the kustomizations, the compose
 #     file) and for the cross-file invariants a schema cannot see (Service
-#     selectors, admin token, grace period; the webhook's Service,
+#     selectors, no secret written in any manifest, the preStop drain hook
+#     and the volume it runs from, grace period; the webhook's Service,
 #     certificate and MutatingWebhookConfiguration agreeing).
 #   * deploy/kubernetes/webhook/ (`outrider webhook`) likewise.
 # Prints one "OK ..." line per check; exits non-zero on the first failure.
@@ -94,7 +95,6 @@ done
 
 # --- structural checks -------------------------------------------------------
 "$PYTHON" - "$K8S_DIR" "$COMPOSE_FILE" "$WEBHOOK_DIR" <<'EOF'
-import base64
 import os
 import re
 import sys
@@ -150,7 +150,6 @@ for r in resources:
         objects.append((r, doc))
 deployments = [(f, d) for f, d in objects if d.get("kind") == "Deployment"]
 services = [(f, d) for f, d in objects if d.get("kind") == "Service"]
-secrets = {d["metadata"]["name"]: d for _, d in objects if d.get("kind") == "Secret"}
 
 
 def pod_containers(dep):
@@ -177,7 +176,47 @@ for f, svc in services:
                 fail(f"{f}: Service {name} port {p['name']} -> {p['targetPort']} not declared by {d['metadata']['name']}")
 print(f"OK {k8s_dir}: {len(services)} Services select Deployments that declare their target ports")
 
-# Deployments that run outrider: grace period, sidecar shape, token.
+# No secret is written in any manifest (the base, the webhook's, the
+# optional ServiceMonitor): no Secret with data, no Authorization header in a
+# kubelet hook or probe (a header cannot be read from a Secret, so it would be
+# a literal), and OUTRIDER_ADMIN_TOKEN only ever from a secretKeyRef.
+all_objects = []
+for d in (k8s_dir, webhook_dir):
+    for f in sorted(os.listdir(d)):
+        if f.endswith((".yaml", ".yml")):
+            all_objects += [(os.path.join(d, f), doc) for doc in load_all(os.path.join(d, f))]
+
+
+def walk(node, path=""):
+    """Every mapping of a document, with where it is."""
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from walk(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{path}[{i}]")
+
+
+token_refs = 0
+for f, doc in all_objects:
+    what = f"{doc.get('kind')} {dig(doc, 'metadata', 'name')}"
+    if doc.get("kind") == "Secret" and (doc.get("data") or doc.get("stringData")):
+        fail(f"{f}: {what}: a Secret with its value written in the manifest; create it with kubectl instead")
+    for where, node in walk(doc):
+        for h in node.get("httpHeaders") or []:
+            if str(h.get("name", "")).lower() == "authorization":
+                fail(f"{f}: {what}{where}: an Authorization header is a literal secret in the manifest")
+        if node.get("name") == "OUTRIDER_ADMIN_TOKEN" and ("value" in node or "valueFrom" in node):
+            if "value" in node or not dig(node, "valueFrom", "secretKeyRef"):
+                fail(f"{f}: {what}{where}: OUTRIDER_ADMIN_TOKEN must come from a secretKeyRef, never a value")
+            token_refs += 1
+print(f"OK {len(all_objects)} objects in {k8s_dir}: no Secret data, no Authorization header, "
+      f"OUTRIDER_ADMIN_TOKEN only from a secretKeyRef ({token_refs} found)")
+
+# Deployments that run outrider: grace period, sidecar shape, and the app's
+# preStop hook: `outrider drain` over loopback (no token), run from the copy
+# outrider-init puts in an emptyDir the app container mounts.
 DRAIN_TIMEOUT, APP_STOP_TIMEOUT = 20, 10  # outrider's defaults, seconds
 for f, d in deployments:
     name = d["metadata"]["name"]
@@ -188,42 +227,60 @@ for f, d in deployments:
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if grace < DRAIN_TIMEOUT + APP_STOP_TIMEOUT:
         fail(f"{f}: {name}: terminationGracePeriodSeconds {grace} < drain {DRAIN_TIMEOUT}s + app stop {APP_STOP_TIMEOUT}s")
-    for c in spec.get("initContainers") or []:
-        if is_outrider(c):
+    inits = spec.get("initContainers") or []
+    for c in inits:
+        if is_outrider(c) and c["name"] != "outrider-init":
             if c.get("restartPolicy") != "Always":
                 fail(f"{f}: {name}: outrider init container without restartPolicy: Always is not a sidecar")
             if dig(c, "startupProbe", "httpGet", "path") == "/startupz":
                 fail(f"{f}: {name}: a native sidecar's startupProbe gates the app's start; /startupz waits for the app")
-    hooks = 0
-    tokens = {}
-    for c in outriders:
-        for e in c.get("env") or []:
-            ref = dig(e, "valueFrom", "secretKeyRef")
-            if e["name"] == "OUTRIDER_ADMIN_TOKEN" and ref:
-                sec = secrets.get(ref["name"])
-                if sec is None:
-                    fail(f"{f}: {name}: Secret {ref['name']} is not in the base")
-                value = (sec.get("stringData") or {}).get(ref["key"])
-                if value is None and ref["key"] in (sec.get("data") or {}):
-                    value = base64.b64decode(sec["data"][ref["key"]]).decode()
-                if value is None:
-                    fail(f"{f}: {name}: Secret {ref['name']} has no key {ref['key']}")
-                tokens[c["name"]] = value
-    for c in pod_containers(d):
-        hook = dig(c, "lifecycle", "preStop", "httpGet")
-        if not hook:
-            continue
-        hooks += 1
-        if hook.get("path") != "/drain" or hook.get("port") != 9901:
-            fail(f"{f}: {name}: preStop of {c['name']} should GET /drain on port 9901")
-        headers = {h["name"].lower(): h["value"] for h in hook.get("httpHeaders") or []}
-        if not tokens:
-            fail(f"{f}: {name}: preStop /drain from the kubelet is not loopback: outrider needs OUTRIDER_ADMIN_TOKEN")
-        for value in tokens.values():
-            if headers.get("authorization") != f"Bearer {value}":
-                fail(f"{f}: {name}: preStop Authorization header does not match the outrider-admin-token Secret")
-    drain = f"preStop /drain token matches Secret" if hooks else "no preStop hook (drain on SIGTERM)"
-    print(f"OK {f}: {name}: grace {grace}s >= {DRAIN_TIMEOUT + APP_STOP_TIMEOUT}s, {drain}")
+    apps = [c for c in spec.get("containers") or [] if not is_outrider(c)]
+    if not apps:
+        # Wrap mode: outrider is the container's entrypoint and drains on
+        # SIGTERM itself; no hook.
+        print(f"OK {f}: {name}: grace {grace}s >= {DRAIN_TIMEOUT + APP_STOP_TIMEOUT}s, no preStop hook (drain on SIGTERM)")
+        continue
+    sidecars = [c for c in outriders if c["name"] != "outrider-init"]
+    if len(sidecars) != 1:
+        fail(f"{f}: {name}: expected one outrider sidecar, found {len(sidecars)}")
+    env = {e["name"]: e.get("value") for e in sidecars[0].get("env") or []}
+    admin_port = (env.get("OUTRIDER_ADMIN_LISTEN") or "0.0.0.0:9901").rsplit(":", 1)[1]
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    installers = [c for c in inits if c["name"] == "outrider-init"]
+    if len(installers) != 1 or not is_outrider(installers[0]) or installers[0].get("restartPolicy"):
+        fail(f"{f}: {name}: expected one run-once init container outrider-init with outrider's image")
+    installer = installers[0]
+    if installer.get("image") != sidecars[0].get("image"):
+        fail(f"{f}: {name}: outrider-init and the sidecar should run the same image (the hook talks to that sidecar)")
+    if native := [c for c in inits if c.get("restartPolicy") == "Always"]:
+        if inits.index(installer) > inits.index(native[0]):
+            fail(f"{f}: {name}: outrider-init should come before the native sidecar")
+    args = installer.get("args") or []
+    if len(args) != 2 or args[0] != "install-hook":
+        fail(f"{f}: {name}: outrider-init should run `install-hook DIR`, runs {args}")
+    installed = {m["mountPath"].rstrip("/"): m["name"] for m in installer.get("volumeMounts") or []}
+    hook_volume = installed.get(args[1].rstrip("/"))
+    if hook_volume is None or "emptyDir" not in volumes.get(hook_volume, {}):
+        fail(f"{f}: {name}: outrider-init installs into {args[1]}, which is not an emptyDir volume it mounts")
+    for c in apps:
+        command = dig(c, "lifecycle", "preStop", "exec", "command") or []
+        if dig(c, "lifecycle", "preStop", "httpGet"):
+            fail(f"{f}: {name}: {c['name']}: a kubelet httpGet preStop comes from the node and needs the token; "
+                 "use the exec hook `outrider drain`")
+        if len(command) != 4 or command[1:] != ["drain", "--admin", f"127.0.0.1:{admin_port}"] \
+                or not command[0].endswith("/outrider"):
+            fail(f"{f}: {name}: {c['name']}: preStop should be exec [DIR/outrider, drain, --admin, "
+                 f"127.0.0.1:{admin_port}], is {command}")
+        hook_dir = command[0].rsplit("/", 1)[0]
+        mounts = {m["mountPath"].rstrip("/"): m for m in c.get("volumeMounts") or []}
+        mount = mounts.get(hook_dir)
+        if mount is None or mount["name"] != hook_volume:
+            fail(f"{f}: {name}: {c['name']}: the hook runs from {hook_dir}, where the volume {hook_volume} "
+                 "outrider-init fills is not mounted")
+        if mount.get("readOnly") is not True:
+            fail(f"{f}: {name}: {c['name']}: mount {hook_volume} read-only: the app has no business changing the hook")
+    print(f"OK {f}: {name}: grace {grace}s >= {DRAIN_TIMEOUT + APP_STOP_TIMEOUT}s, preStop `outrider drain` over "
+          f"loopback from volume {hook_volume}, filled by outrider-init")
 
 # ServiceMonitor (CRD, no bundled schema).
 smpath = os.path.join(k8s_dir, "servicemonitor.yaml")
@@ -422,6 +479,12 @@ for name, s in svcs.items():
     for p in s.get("ports") or []:
         if not isinstance(p, str) or not port_re.match(p):
             fail(f"{compose_file}: service {name} port {p!r} must be a quoted string like \"8080:8080\"")
+    env = s.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
+    token = env.get("OUTRIDER_ADMIN_TOKEN")
+    if token is not None and not re.fullmatch(r"\$\{?\w+(:?[-?][^}]*)?\}?", str(token)):
+        fail(f"{compose_file}: service {name}: OUTRIDER_ADMIN_TOKEN is a literal; pass it from the environment (${{VAR}})")
 print(f"OK {compose_file}: {len(svcs)} services ({', '.join(svcs)}), references and ports valid")
 EOF
 

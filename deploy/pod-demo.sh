@@ -3,8 +3,12 @@
 # (busybox httpd: deploy/demo-app), as a Kubernetes pod runs it: two
 # containers sharing one network namespace, both non-root, read-only, with
 # no capabilities. Prints what to try, then follows outrider's log.
-# Ctrl-C stops the pod the way the kubelet stops a pod with a native
-# sidecar: preStop /drain, then the app, then outrider.
+# The pod is laid out as deploy/kubernetes/app-native-sidecar.yaml lays it
+# out: an outrider-init container copies outrider's binary into the pod's
+# outrider-bin volume, which the app container mounts read-only. Ctrl-C
+# stops the pod the way the kubelet stops a pod with a native sidecar: the
+# app's preStop hook (`outrider drain` over loopback, no token), then the
+# app, then outrider.
 #
 #   bash deploy/image.sh && bash deploy/pod-demo.sh
 #
@@ -23,17 +27,15 @@ command -v curl >/dev/null || { echo "pod-demo.sh: needs curl" >&2; exit 1; }
 podman image exists "$IMAGE" || { echo "pod-demo.sh: no image $IMAGE: run bash deploy/image.sh first" >&2; exit 1; }
 app_image=$(bash deploy/demo-app/build.sh)
 
-# The token the kubelet's preStop hook would send; never on a command line.
-OUTRIDER_ADMIN_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-export OUTRIDER_ADMIN_TOKEN
-header=$(mktemp)
-chmod 600 "$header"
-echo "Authorization: Bearer $OUTRIDER_ADMIN_TOKEN" >"$header"
+# The pod's emptyDir for the hook's binary.
+hook_volume=$POD-outrider-bin
+hook=(/outrider-hook/outrider drain --admin 127.0.0.1:9901)
 
 podman pod rm -f -t 0 "$POD" >/dev/null 2>&1 || true
+podman volume rm -f "$hook_volume" >/dev/null 2>&1 || true
 cleanup() {
     podman pod rm -f -t 0 "$POD" >/dev/null 2>&1 || true
-    rm -f "$header"
+    podman volume rm -f "$hook_volume" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -41,10 +43,14 @@ restricted=(--read-only --cap-drop=all --security-opt=no-new-privileges)
 otel=()
 [[ -n ${OTEL_EXPORTER_OTLP_ENDPOINT:-} ]] && otel=(-e OTEL_EXPORTER_OTLP_ENDPOINT)
 podman pod create --name "$POD" >/dev/null
-podman run -d --pod "$POD" --name "$POD-app" "${restricted[@]}" "$app_image" >/dev/null
+# outrider-init: runs to completion before the others, as an init container.
+podman run --pod "$POD" --name "$POD-outrider-init" "${restricted[@]}" \
+    -v "$hook_volume:/outrider-hook" "$IMAGE" install-hook /outrider-hook
+podman run -d --pod "$POD" --name "$POD-app" "${restricted[@]}" \
+    -v "$hook_volume:/outrider-hook:ro" "$app_image" >/dev/null
 podman run -d --pod "$POD" --name "$POD-outrider" "${restricted[@]}" \
     -e OUTRIDER_UPSTREAM=http://127.0.0.1:8081 -e OUTRIDER_APP_HEALTH=/ \
-    -e OUTRIDER_ADMIN_TOKEN -e OTEL_SERVICE_NAME=legacy-app -e K8S_POD_NAME="$POD" "${otel[@]}" \
+    -e OTEL_SERVICE_NAME=legacy-app -e K8S_POD_NAME="$POD" "${otel[@]}" \
     "$IMAGE" >/dev/null
 
 infra=$(podman pod inspect "$POD" --format '{{.InfraContainerID}}')
@@ -83,8 +89,8 @@ stop() {
     local since
     since=$(date +%s)
     echo
-    echo "== preStop: GET /drain with the token (returns when the drain is over)"
-    curl -s -H @"$header" "http://$ip:9901/drain"
+    echo "== preStop in the app container: ${hook[*]} (returns when the drain is over)"
+    podman exec "$POD-app" "${hook[@]}"
     echo "== SIGTERM to the app"
     podman stop -t 30 "$POD-app" >/dev/null
     echo "== SIGTERM to outrider, after the app exited"

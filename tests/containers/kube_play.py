@@ -13,9 +13,13 @@ Only what podman cannot do, or what a test must not do, is changed:
     4.3 cannot resolve them and refuses the whole pod;
   * secretKeyRef names become SECRET, a podman secret the test creates (a
     Kubernetes Secret in the same play is not used by podman for env);
-  * a pod with init containers gets `restartPolicy: OnFailure`: podman 4.3
-    applies the pod's `Always` to its run-once init containers too, so it
-    restarts the first one forever and never starts the others.
+  * emptyDir volumes are renamed NAME-VOLUME: podman makes each a named
+    volume of the whole machine, which two plays must not share;
+  * the pod's restartPolicy becomes OnFailure: podman 4.3 applies it to
+    init containers too, so with a Deployment's Always it restarts
+    outrider-init after each successful run and the play fails removing
+    it ("cannot remove container ... as it is running"). Kubernetes runs an
+    init container to completion whatever the pod's policy.
 Everything else, the security context, env, probes and hooks, is played
 as written (podman ignores the hooks and the readiness/startup probes).
 """
@@ -37,8 +41,12 @@ def main(path, name, secret, *mapping):
         doc["metadata"]["name"] = name
         doc["spec"]["replicas"] = 1
         spec = doc["spec"]["template"]["spec"]
-        if spec.get("initContainers"):
-            spec["restartPolicy"] = "OnFailure"
+        spec["restartPolicy"] = "OnFailure"
+        volumes = {}
+        for v in spec.get("volumes") or []:
+            if "emptyDir" in v:
+                volumes[v["name"]] = f"{name}-{v['name']}"
+                v["name"] = volumes[v["name"]]
         for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
             if c["image"] not in images:
                 sys.exit(f"no local image given for {c['image']}")
@@ -54,6 +62,8 @@ def main(path, name, secret, *mapping):
                     ref["secretKeyRef"]["name"] = secret
                 env.append(e)
             c["env"] = env
+            for m in c.get("volumeMounts") or []:
+                m["name"] = volumes.get(m["name"], m["name"])
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 get = (c.get(probe) or {}).get("httpGet")
                 if get and isinstance(get.get("port"), str):

@@ -40,7 +40,8 @@ const ENDPOINT_LAG: Duration = Duration::from_secs(1);
 /// outrider's drain delay in these tests: longer than the lag, shorter than
 /// the 5 s default to keep the tests quick.
 const DRAIN_DELAY: &str = "3s";
-/// The admin token the "kubelet" sends: fresh each run, never a literal.
+/// The admin token, for `/drain` from outside the pod: fresh each run,
+/// never a literal.
 static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), std::process::id());
     format!("{random:016x}{:016x}", random.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15)
@@ -89,8 +90,40 @@ async fn until_ready(ip: IpAddr) {
     wait_status(&format!("http://{ip}:9901/readyz"), 200).await;
 }
 
-/// The kubelet's preStop `httpGet`, from the node to the pod's IP.
-async fn pre_stop_drain(ip: IpAddr, token: Option<&str>) -> u16 {
+/// Where the manifests mount outrider's binary in the app container: the
+/// pod's `outrider-bin` emptyDir, which `outrider-init` fills.
+const HOOK_DIR: &str = "/outrider-hook";
+
+/// The app container laid out as deploy/kubernetes lays it out for its
+/// preStop hook: an `outrider-init` init container copies outrider's binary
+/// into the pod's `outrider-bin` emptyDir (`install-hook`), which the app
+/// mounts read-only at [`HOOK_DIR`].
+async fn hooked_app(pod: &Pod, images: &Images) -> String {
+    let volume = pod.empty_dir("outrider-bin");
+    pod.run_init("outrider-init", &images.outrider, &[&format!("--volume={volume}:{HOOK_DIR}")], &["install-hook", HOOK_DIR]).await;
+    pod.run_with("app", &images.app, &[], &[&format!("--volume={volume}:{HOOK_DIR}:ro")]).await
+}
+
+/// The app container's preStop hook of deploy/kubernetes/app-*-sidecar.yaml.
+fn hook_command() -> [String; 4] {
+    [format!("{HOOK_DIR}/outrider"), "drain".into(), "--admin".into(), "127.0.0.1:9901".into()]
+}
+
+/// Runs an exec preStop hook in `container`, as the kubelet does (podman
+/// ignores hooks): `outrider drain` asks for the drain over the pod's
+/// loopback, without a token, and returns once it is over.
+async fn pre_stop_hook(container: &str, command: &[String]) {
+    let mut args = vec!["exec", container];
+    args.extend(command.iter().map(String::as_str));
+    let out = podman::podman_output(&args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "preStop {command:?} in {container} failed ({}): {stderr}", out.status);
+    assert!(stderr.contains("drained"), "preStop {command:?} in {container}: {stderr}");
+}
+
+/// `/drain` from outside the pod (the node, another pod): outrider wants
+/// the admin token then. Returns the status.
+async fn remote_drain(ip: IpAddr, token: Option<&str>) -> u16 {
     let mut request = Request::get(format!("http://{ip}:9901/drain"));
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -209,8 +242,11 @@ async fn the_image_is_small_unprivileged_and_names_its_commit() {
     let version = podman::podman(&["run", "--rm", "--read-only", "--cap-drop=all", &images.outrider, "--version"]).await;
     eprintln!("{version}");
     let head = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    // BINARY=path (deploy/image.sh) puts a binary built elsewhere in the
+    // image: it names its own commit, not necessarily this checkout's.
+    let prebuilt = std::env::var_os("BINARY").is_some();
     match head {
-        Ok(out) if out.status.success() => {
+        Ok(out) if out.status.success() && !prebuilt => {
             let head = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             assert!(version.contains(&format!("(commit {head})")), "{version} does not name HEAD {head}");
         }
@@ -222,9 +258,11 @@ async fn the_image_is_small_unprivileged_and_names_its_commit() {
 }
 
 /// `podman kube play` of deploy/kubernetes/app-classic-sidecar.yaml: the
-/// manifest users apply starts, with its env, security context and Secret,
-/// and serves. A smoke test: podman 4.3 plays neither native sidecars nor
-/// preStop hooks nor readiness probes (docs/kubernetes.md), and
+/// manifest users apply starts, with its init container, env, security
+/// context and optional Secret, and serves; its preStop hook, run as
+/// written in the app container, drains over loopback without the token.
+/// A smoke test: podman 4.3 plays neither native sidecars nor preStop hooks
+/// nor readiness probes (docs/kubernetes.md), and
 /// tests/containers/kube_play.py lists what it changes before the play.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_play_starts_the_classic_sidecar_manifest() {
@@ -257,7 +295,16 @@ async fn kube_play_starts_the_classic_sidecar_manifest() {
     let secret_file = dir.path().join("secret.json");
     std::fs::write(&secret_file, format!(r#"{{"token":"{encoded}"}}"#)).expect("write secret");
     podman::podman(&["secret", "create", &secret, secret_file.to_str().expect("utf-8 path")]).await;
-    let _cleanup = KubePlayed { pod: format!("{name}-pod-0"), secret: secret.clone() };
+    let _cleanup = KubePlayed { name: name.clone(), secret: secret.clone() };
+    // The hook exactly as the manifest writes it.
+    let played: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).expect("kube_play.py's YAML");
+    let app_container = played["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .and_then(|cs| cs.iter().find(|c| c["name"].as_str() == Some("app")))
+        .expect("the app container");
+    let hook: Vec<String> = serde_yaml_ng::from_value(app_container["lifecycle"]["preStop"]["exec"]["command"].clone())
+        .expect("the app's preStop is an exec hook");
+    assert_eq!(hook, hook_command(), "the manifest's hook is not the one the other tests run");
 
     // Not in the manifest's directory: podman treats a directory named
     // like an image there as a build context.
@@ -272,9 +319,16 @@ async fn kube_play_starts_the_classic_sidecar_manifest() {
     let (status, _, body) = get(&format!("http://{ip}:8080/")).await.expect("request through the played pod");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("legacy app"));
-    // The Secret reached outrider: a remote /drain needs exactly its token.
-    assert_eq!(pre_stop_drain(ip, Some("not-the-token-at-all")).await, 403);
-    assert_eq!(pre_stop_drain(ip, Some(&TOKEN)).await, 200);
+    // From outside the pod, /drain needs the token, and a wrong one drains
+    // nothing.
+    assert_eq!(remote_drain(ip, Some("not-the-token-at-all")).await, 403);
+    assert_eq!(get(&format!("http://{ip}:9901/readyz")).await.expect("/readyz").0, 200, "a refused /drain drained");
+    // The app's preStop hook, from the copy outrider-init made: no token.
+    pre_stop_hook(&format!("{pod}-app"), &hook).await;
+    assert_eq!(get(&format!("http://{ip}:9901/readyz")).await.expect("/readyz").0, 503, "the hook returned before the drain");
+    // The Secret reached outrider: its token is accepted from outside (the
+    // drain is over, so /drain answers at once).
+    assert_eq!(remote_drain(ip, Some(&TOKEN)).await, 200);
     for container in ["app", "outrider"] {
         assert_restricted(&format!("{pod}-{container}")).await;
     }
@@ -300,40 +354,45 @@ fn base64_matches_rfc_4648() {
     }
 }
 
-/// Removes what a kube play created.
+/// Removes what a kube play of Deployment `name` created: its pod, the
+/// volumes of its emptyDirs (kube_play.py names them `name-*`), the secret.
 struct KubePlayed {
-    pod: String,
+    name: String,
     secret: String,
 }
 
 impl Drop for KubePlayed {
     fn drop(&mut self) {
-        podman::remove_pod(&self.pod);
+        podman::remove_pod(&format!("{}-pod-0", self.name));
+        podman::remove_volumes(&format!("{}-", self.name));
         podman::remove_secret(&self.secret);
     }
 }
 
 // ===== 2. the kubelet's stop sequence =====
 
-/// A native sidecar (Kubernetes >= 1.29), stopped as the kubelet does:
-/// the pod leaves the endpoints (here: the load stops sending new requests
-/// `ENDPOINT_LAG` later) while the app container's preStop hook calls
-/// `/drain`; the app gets SIGTERM when the hook returns, outrider only
-/// after the app exited; SIGKILL at the grace deadline for anything left.
+/// A native sidecar (Kubernetes >= 1.29) laid out and stopped as
+/// deploy/kubernetes/app-native-sidecar.yaml and the kubelet do: the pod
+/// leaves the endpoints (here: the load stops sending new requests
+/// `ENDPOINT_LAG` later) while the app container's preStop hook runs
+/// `outrider drain` from the hook volume; the app gets SIGTERM when the
+/// hook returns, outrider only after the app exited; SIGKILL at the grace
+/// deadline for anything left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_sidecar_stop_sequence_loses_nothing() {
     let Some(images) = setup() else { return };
     let _serial = SERIAL.lock().await;
     let pod = Pod::create("native").await;
-    let app = app(&pod, images).await;
+    let app = hooked_app(&pod, images).await;
     let outrider = sidecar(&pod, images, &[]).await;
     let ip = pod.ip().await;
     until_ready(ip).await;
 
-    // The kubelet calls from the node, not loopback: without the token the
-    // hook is refused and nothing drains.
-    assert_eq!(pre_stop_drain(ip, None).await, 403);
-    assert_eq!(pre_stop_drain(ip, Some("wrong-token")).await, 403);
+    // From outside the pod (where a kubelet httpGet hook would come from),
+    // /drain without the token, or with a wrong one, is refused and drains
+    // nothing: why the hook runs in the pod.
+    assert_eq!(remote_drain(ip, None).await, 403);
+    assert_eq!(remote_drain(ip, Some("wrong-token")).await, 403);
     assert_eq!(get(&format!("http://{ip}:9901/readyz")).await.expect("/readyz").0, 200, "a refused /drain drained");
 
     let load = Load::start(SocketAddr::new(ip, 8080), &PATHS, WORKERS);
@@ -342,7 +401,7 @@ async fn native_sidecar_stop_sequence_loses_nothing() {
     // The pod is deleted.
     let started = Instant::now();
     let removal = load.stop_after(ENDPOINT_LAG);
-    assert_eq!(pre_stop_drain(ip, Some(&TOKEN)).await, 200, "preStop /drain");
+    pre_stop_hook(&app, &hook_command()).await;
     let (app_code, _) = podman::stop(&app, GRACE.saturating_sub(started.elapsed())).await;
     let (outrider_code, _) = podman::stop(&outrider, GRACE.saturating_sub(started.elapsed())).await;
     let took = started.elapsed();
@@ -516,7 +575,7 @@ impl Replica {
         let pod = Pod::create("replica").await;
         let (app, outrider) = match fronted {
             Fronted::Bare => (pod.run("app", &images.app, &[("APP_LISTEN", "0.0.0.0:8080")]).await, None),
-            Fronted::Outrider => (app(&pod, images).await, Some(sidecar(&pod, images, &[]).await)),
+            Fronted::Outrider => (hooked_app(&pod, images).await, Some(sidecar(&pod, images, &[]).await)),
         };
         let ip = pod.ip().await;
         Self { pod, app, outrider, ip }
@@ -526,7 +585,7 @@ impl Replica {
     async fn stop(self) {
         let started = Instant::now();
         if self.outrider.is_some() {
-            assert_eq!(pre_stop_drain(self.ip, Some(&TOKEN)).await, 200);
+            pre_stop_hook(&self.app, &hook_command()).await;
         }
         let (code, _) = podman::stop(&self.app, GRACE.saturating_sub(started.elapsed())).await;
         assert_eq!(code, 0);

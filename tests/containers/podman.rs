@@ -186,20 +186,50 @@ const RUN_FLAGS: [&str; 4] = ["--read-only", "--cap-drop=all", "--security-opt=n
 /// A pod: containers sharing one network namespace, each with its own PID 1.
 pub struct Pod {
     pub name: String,
+    /// Named volumes made for the pod (its emptyDirs), removed with it.
+    volumes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Pod {
     pub async fn create(what: &str) -> Self {
         let name = format!("outrider-test-{what}-{}", unique());
         podman(&["pod", "create", "--name", &name]).await;
-        Self { name }
+        Self { name, volumes: Default::default() }
     }
 
     /// Starts a container in the pod; returns its name.
     pub async fn run(&self, what: &str, image: &str, env: &[(&str, &str)]) -> String {
+        self.run_with(what, image, env, &[]).await
+    }
+
+    /// As [`Pod::run`], with more `podman run` flags (volumes).
+    pub async fn run_with(&self, what: &str, image: &str, env: &[(&str, &str)], flags: &[&str]) -> String {
+        let name = format!("{}-{what}", self.name);
+        let mut extra = vec![format!("--pod={}", self.name)];
+        extra.extend(flags.iter().map(|f| f.to_string()));
+        run_container(&name, image, env, &extra.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        name
+    }
+
+    /// Runs an init container to completion (panics if it fails), as the
+    /// kubelet runs one before the pod's containers; `args` follow the
+    /// image's entrypoint.
+    pub async fn run_init(&self, what: &str, image: &str, flags: &[&str], args: &[&str]) {
         let name = format!("{}-{what}", self.name);
         let pod = format!("--pod={}", self.name);
-        run_container(&name, image, env, &[&pod]).await;
+        let mut all = vec!["run", "--name", &name, &pod];
+        all.extend(RUN_FLAGS);
+        all.extend(flags);
+        all.push(image);
+        all.extend(args);
+        podman(&all).await;
+    }
+
+    /// An `emptyDir` of the pod: a named volume, removed with the pod.
+    /// Returns its name, for `--volume=NAME:PATH`.
+    pub fn empty_dir(&self, what: &str) -> String {
+        let name = format!("{}-{what}", self.name);
+        self.volumes.lock().expect("volumes").push(name.clone());
         name
     }
 
@@ -213,12 +243,24 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         remove_pod(&self.name);
+        for volume in self.volumes.get_mut().map(std::mem::take).unwrap_or_default() {
+            let _ = std_command(&["volume", "rm", "-f", &volume]).output();
+        }
     }
 }
 
 /// Removes a pod and its containers, now (for clean-up on drop).
 pub fn remove_pod(name: &str) {
     let _ = std_command(&["pod", "rm", "-f", "-t", "0", name]).output();
+}
+
+/// Removes the volumes whose names start with `prefix`.
+pub fn remove_volumes(prefix: &str) {
+    let filter = format!("name=^{prefix}");
+    let Ok(out) = std_command(&["volume", "ls", "--quiet", "--filter", &filter]).output() else { return };
+    for volume in String::from_utf8_lossy(&out.stdout).lines().filter(|v| v.starts_with(prefix)) {
+        let _ = std_command(&["volume", "rm", "-f", volume]).output();
+    }
 }
 
 pub fn remove_secret(name: &str) {
