@@ -70,7 +70,7 @@ async fn injected_docs_example_serves_and_drains_in_a_pod() {
     std::fs::write(&secret_file, format!(r#"{{"token":"{}"}}"#, base64(TOKEN.as_bytes()))).expect("write secret");
     podman::podman(&["secret", "create", &secret, secret_file.to_str().expect("utf-8 path")]).await;
     let pod = format!("{name}-pod-0");
-    let _cleanup = KubePlayed { pod: pod.clone(), secret: secret.clone() };
+    let _cleanup = KubePlayed { name: name.clone(), secret: secret.clone() };
 
     podman::podman_in(
         dir.path(),
