@@ -36,7 +36,7 @@ pub struct Cli {
 /// `outrider wait-ready [--timeout DURATION] [--admin ADDR]`: exits 0 once
 /// outrider's `/readyz` answers 200 (the linkerd-await use case).
 #[derive(Debug, Parser)]
-#[command(name = "outrider wait-ready")]
+#[command(name = "outrider wait-ready", bin_name = "outrider wait-ready")]
 struct WaitReady {
     /// Give up after this long (exit 1).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]

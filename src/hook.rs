@@ -19,7 +19,7 @@ use http::StatusCode;
 
 /// `outrider drain`: start the drain and wait for its end.
 #[derive(Debug, Parser)]
-#[command(name = "outrider drain")]
+#[command(name = "outrider drain", bin_name = "outrider drain")]
 struct Drain {
     /// outrider's admin address, from inside the pod.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
@@ -36,7 +36,7 @@ struct Drain {
 
 /// `outrider install-hook DIR`: copy this executable to DIR/outrider.
 #[derive(Debug, Parser)]
-#[command(name = "outrider install-hook")]
+#[command(name = "outrider install-hook", bin_name = "outrider install-hook")]
 struct InstallHook {
     /// The directory (a volume shared with the app container).
     dir: PathBuf,

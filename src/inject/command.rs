@@ -18,7 +18,7 @@ use super::options::{DEFAULT_IMAGE, Mode, Options, Sidecar};
 ///
 ///   outrider inject -f app.yaml | kubectl apply -f -
 #[derive(Debug, Parser)]
-#[command(name = "outrider inject")]
+#[command(name = "outrider inject", bin_name = "outrider inject")]
 struct Inject {
     /// The manifests; `-` or none: stdin.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]

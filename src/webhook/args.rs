@@ -14,7 +14,7 @@ use crate::{
 /// A mutating admission webhook that adds outrider to the pods the
 /// MutatingWebhookConfiguration sends it (deploy/kubernetes/webhook/).
 #[derive(Debug, Parser)]
-#[command(name = "outrider webhook", version = crate::cli::VERSION)]
+#[command(name = "outrider webhook", bin_name = "outrider webhook", version = crate::cli::VERSION)]
 struct Args {
     /// Address to serve HTTPS on.
     #[arg(long, env = "OUTRIDER_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443", value_name = "ADDR")]
