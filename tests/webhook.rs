@@ -303,8 +303,17 @@ async fn notes_become_warnings() {
     let (_, notes) = inject_cli(&pod, &[]);
     for warning in &warnings {
         let note = warning.strip_prefix("outrider: ").unwrap_or_else(|| panic!("{warning:?} does not say it is outrider's"));
+        // The webhook sees no Service, so it always says what becomes of
+        // them, as `inject` does for pods no Service of its input selects.
+        let note = note.strip_prefix("Services: ").unwrap_or(note);
         assert!(notes.contains(note), "warning {note:?} is not among `outrider inject`'s notes:\n{notes}");
     }
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("outrider: Services: ") && w.contains("still reaches the app directly: set its targetPort to 15080")),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

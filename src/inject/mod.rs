@@ -51,7 +51,11 @@ pub fn pod(pod: &mut Value, opts: &Options) -> Result<Outcome, InjectError> {
     let name = workload_name(pod);
     let workload = self::pod::Workload { kind: "Pod", name: name.as_deref(), annotations: None };
     Ok(match self::pod::inject(pod, &workload, opts)? {
-        self::pod::Injected::Done { notes, .. } => Outcome::Injected { notes },
+        self::pod::Injected::Done { mut notes, takeover } => {
+            // The webhook sees no Service: say what becomes of them.
+            notes.push(format!("Services: {}", self::stream::elsewhere(&takeover, opts.sidecar)));
+            Outcome::Injected { notes }
+        }
         self::pod::Injected::Skipped { reason } => Outcome::Skipped { reason },
     })
 }

@@ -211,15 +211,21 @@ fn services(docs: &mut [Doc<'_>], takeovers: &[(Option<String>, String, Takeover
         if matched {
             continue;
         }
-        let by_name = t.app_port_name.as_ref().map_or_else(String::new, |n| {
-            let versions = if opts.sidecar == Sidecar::Native { " on Kubernetes >= 1.33" } else { "" };
-            format!("a Service that targets the port name {n:?} reaches outrider{versions}; ")
-        });
-        notes.push(format!(
-            "{id}: no Service in the input selects these pods: {by_name}one that targets port {} by number still reaches the app directly: set its targetPort to {}",
-            t.app_port, t.listen_port
-        ));
+        notes.push(format!("{id}: no Service in the input selects these pods: {}", elsewhere(t, opts.sidecar)));
     }
+}
+
+/// What happens to Services inject does not see (all of them, for the
+/// webhook): which reach outrider and which must be changed.
+pub fn elsewhere(t: &Takeover, sidecar: Sidecar) -> String {
+    let by_name = t.app_port_name.as_ref().map_or_else(String::new, |n| {
+        let versions = if sidecar == Sidecar::Native { " on Kubernetes >= 1.33" } else { "" };
+        format!("a Service that targets the port name {n:?} reaches outrider{versions}; ")
+    });
+    format!(
+        "{by_name}one that targets port {} by number still reaches the app directly: set its targetPort to {}",
+        t.app_port, t.listen_port
+    )
 }
 
 fn selects(service: &Value, labels: &Map<String, Value>) -> bool {
