@@ -19,8 +19,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/legacy_app.py");
 
+/// A port for an app that outrider starts itself (wrap mode), so chosen
+/// before the app binds it. Not from `bind(0)`: that port is in the
+/// kernel's ephemeral range, where another test's `bind(0)` can be handed
+/// it before the app binds (a CI run once saw the app fail with "address in
+/// use" and another test's server answer 404 in its place). Below 32768 no
+/// `bind(0)` goes; a counter from a per-process start keeps this process's
+/// picks apart, and each is checked free.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = 20_000 + std::process::id() % 10_000;
+    loop {
+        let port = 20_000 + (start + NEXT.fetch_add(1, SeqCst)) % 12_000;
+        if let Ok(port) = u16::try_from(port)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// Wrap-mode arguments for the stand-in app on `port`, logging to `log`,
