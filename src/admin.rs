@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use crate::{
     drain::{Phase, Trigger, Watch},
     health::Health,
+    plain::{owned, respond, text},
     telemetry::{metrics::Metrics, openmetrics},
 };
 
@@ -192,22 +193,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    respond(status, Bytes::from_static(body.as_bytes()))
-}
-
-fn owned(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    respond(status, Bytes::from(body))
-}
-
-fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// `outrider wait-ready`: polls `/readyz` on `addr` until it answers 200,

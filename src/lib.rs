@@ -33,6 +33,7 @@
 //!   (and taking it out); its pod edit is the webhook's too.
 //! * `hook`: `install-hook` and `drain`, run inside an injected pod.
 //! * `webhook`: `outrider webhook`, the mutating admission webhook.
+//! * `plain`: the plain-text answers of the admin listener and the webhook.
 //!
 //! Leaf modules (`server`, `proxy`, `admin`, `supervisor`) take plain
 //! parameters and know nothing of `config` or the shutdown sequence; `run` wires.
@@ -49,6 +50,7 @@ pub mod grpc;
 pub mod health;
 pub mod hook;
 pub mod inject;
+pub mod plain;
 pub mod proxy;
 pub mod run;
 pub mod server;

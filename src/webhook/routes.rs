@@ -25,6 +25,7 @@ use super::{
 use crate::{
     drain::{Phase, Watch},
     inject::Options,
+    plain::{owned, respond, text},
 };
 
 /// The largest AdmissionReview accepted. The API server takes request
@@ -145,21 +146,5 @@ fn too_large() -> Response<Full<Bytes>> {
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    respond(status, Bytes::from_static(body.as_bytes()))
-}
-
-fn owned(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    respond(status, Bytes::from(body))
-}
-
-fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
