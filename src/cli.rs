@@ -46,13 +46,27 @@ struct WaitReady {
     admin: Option<std::net::SocketAddr>,
 }
 
+/// Parses a subcommand's arguments (`args` starts with its name); on a
+/// usage error, `--help` or `--version`, prints and returns the exit code
+/// instead.
+///
+/// # Errors
+/// The exit code to end the process with.
+pub fn parse_subcommand<T: Parser>(args: impl IntoIterator<Item = String>) -> Result<T, ExitCode> {
+    T::try_parse_from(args).map_err(usage)
+}
+
+/// clap's message printed; exit 2 for a usage error, 0 for `--help` and
+/// `--version`.
+fn usage(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { EX_CONFIG } else { 0 })
+}
+
 pub fn wait_ready(args: impl Iterator<Item = String>) -> ExitCode {
-    let cli = match WaitReady::try_parse_from(args) {
+    let cli: WaitReady = match parse_subcommand(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EX_CONFIG } else { 0 });
-        }
+        Err(code) => return code,
     };
     let addr = match cli.admin {
         Some(addr) => addr,
@@ -92,11 +106,7 @@ impl Cli {
     /// # Errors
     /// The exit code to end the process with.
     pub fn parse_args() -> Result<Self, ExitCode> {
-        Self::try_parse().map_err(|e| {
-            let code = if e.use_stderr() { EX_CONFIG } else { 0 };
-            let _ = e.print();
-            ExitCode::from(code)
-        })
+        Self::try_parse().map_err(usage)
     }
 
     /// The flags that override configuration.

@@ -42,19 +42,9 @@ struct InstallHook {
     dir: PathBuf,
 }
 
-/// Exit code for a usage error, as the proxy's own.
-const EX_USAGE: u8 = 2;
-
-fn parse<T: Parser>(args: impl Iterator<Item = String>) -> Result<T, ExitCode> {
-    T::try_parse_from(args).map_err(|e| {
-        let _ = e.print();
-        ExitCode::from(if e.use_stderr() { EX_USAGE } else { 0 })
-    })
-}
-
 /// `outrider drain ...` (`args` starts with `drain`).
 pub fn drain(args: impl Iterator<Item = String>) -> ExitCode {
-    let cli: Drain = match parse(args) {
+    let cli: Drain = match crate::cli::parse_subcommand(args) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -115,7 +105,7 @@ fn report(outcome: Result<Result<StatusCode, String>, tokio::time::error::Elapse
 
 /// `outrider install-hook DIR` (`args` starts with `install-hook`).
 pub fn install_hook(args: impl Iterator<Item = String>) -> ExitCode {
-    let cli: InstallHook = match parse(args) {
+    let cli: InstallHook = match crate::cli::parse_subcommand(args) {
         Ok(cli) => cli,
         Err(code) => return code,
     };

@@ -38,17 +38,11 @@ struct Inject {
     quiet: bool,
 }
 
-/// Exit code for a usage error, as the proxy's own.
-const EX_USAGE: u8 = 2;
-
 /// `outrider inject ...` (`args` starts with `inject`).
 pub fn command(args: impl Iterator<Item = String>) -> ExitCode {
-    let cli = match Inject::try_parse_from(args) {
+    let cli: Inject = match crate::cli::parse_subcommand(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EX_USAGE } else { 0 });
-        }
+        Err(code) => return code,
     };
     let mut input = String::new();
     let read = match cli.file.as_deref() {

@@ -444,14 +444,20 @@ fn plaintext_name(n: &str) -> bool {
     matches!(n, "http" | "grpc" | "web" | "h2c" | "http2") || n.starts_with("http-") || n.starts_with("grpc-")
 }
 
+/// Does a handler's `port` (a number, a numeric string, or a port name)
+/// mean the app's port `port`, whose name is `name`?
+fn names_port(p: &IntOrString, port: u16, name: Option<&str>) -> bool {
+    match p {
+        IntOrString::Int(n) => *n == i32::from(port),
+        IntOrString::String(s) => Some(s.as_str()) == name || s.parse::<u16>().ok() == Some(port),
+    }
+}
+
 /// outrider speaks plaintext to the app on loopback: an app port that
 /// serves TLS (its name says so, or a probe of it uses HTTPS) would get
 /// plaintext requests and break, so it is refused with what to do instead.
 fn refuse_tls(app: &Container, port: u16, name: Option<&str>) -> Result<(), InjectError> {
-    let ours = |p: &IntOrString| match p {
-        IntOrString::Int(n) => *n == i32::from(port),
-        IntOrString::String(s) => Some(s.as_str()) == name,
-    };
+    let ours = |p: &IntOrString| names_port(p, port, name);
     let probes = [&app.readiness_probe, &app.liveness_probe, &app.startup_probe];
     let https_probe =
         probes.into_iter().flatten().filter_map(|p| p.http_get.as_ref()).any(|g| ours(&g.port) && g.scheme.as_deref() == Some("HTTPS"));
@@ -494,10 +500,7 @@ fn check_ports(containers: &[Container], init: &[Container], settings: &Settings
 /// probe moves to outrider. A probe outrider cannot run (exec, another
 /// port, HTTPS) stays on the app, and outrider checks that the port accepts.
 fn inherit_readiness(probe: Option<&Probe>, port: u16, name: Option<&str>, notes: &mut Vec<String>) -> (Vec<(&'static str, String)>, bool) {
-    let ours = |p: &IntOrString| match p {
-        IntOrString::Int(n) => *n == i32::from(port),
-        IntOrString::String(s) => Some(s.as_str()) == name || s.parse::<u16>().ok() == Some(port),
-    };
+    let ours = |p: &IntOrString| names_port(p, port, name);
     let Some(probe) = probe else {
         return (vec![("OUTRIDER_APP_HEALTH", "tcp".to_owned())], false);
     };
